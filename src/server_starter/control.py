@@ -1,0 +1,202 @@
+"""How other processes observe and steer a running superdaemon: the pid file,
+the status file, and the control socket behind ``--restart``.
+
+The control socket speaks one line each way: the client sends ``reload``;
+the superdaemon answers ``ok MESSAGE`` once the new generation is ready and
+the old ones have been signalled, or ``error MESSAGE`` when the reload
+failed.  Only our own user and root may use it (peer credentials, and a
+0600 socket file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import time
+from collections.abc import Iterable, Mapping
+from typing import IO
+
+from .sockets import socket_is_live
+
+_UCRED = struct.Struct("3i")
+MAX_REQUEST = 256
+
+
+class ControlError(Exception):
+    """A control request that could not be made or failed; one line for the operator."""
+
+
+def control_socket_path(
+    explicit: str | None, pid_file: str | None, environ: Mapping[str, str]
+) -> str | None:
+    """Where the control socket lives: --control-socket, else the unit's
+    RuntimeDirectory=, else beside the pid file; None when none is known."""
+    if explicit:
+        return explicit
+    runtime = environ.get("RUNTIME_DIRECTORY")
+    if runtime:
+        # RuntimeDirectory= may list several directories, separated by ':'.
+        return os.path.join(runtime.split(":")[0], "start_server.sock")
+    if pid_file:
+        return pid_file + ".sock"
+    return None
+
+
+# -- pid file ---------------------------------------------------------------
+
+
+class PidFile:
+    """Perl's pid file: our pid, held under an exclusive flock for our lifetime
+    (``--stop`` waits on that lock)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def create(self) -> None:
+        try:
+            handle = open(self.path, "w", encoding="ascii")  # noqa: SIM115 - held for our lifetime
+        except OSError as err:
+            raise ControlError(f"failed to open file:{self.path}: {err.strerror}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+        except OSError as err:
+            handle.close()
+            if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise ControlError(f"{self.path} is locked: another start_server runs") from None
+            raise ControlError(f"failed to write {self.path}: {err.strerror}") from None
+        self._file = handle
+
+    def remove(self) -> None:
+        if self._file is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        self._file.close()
+        self._file = None
+
+
+def read_pid(path: str) -> int:
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.readline().strip()
+    except OSError as err:
+        raise ControlError(f"failed to open file:{path}: {err.strerror}") from None
+    if not text.isdigit():
+        raise ControlError(f"{path} does not hold a process id")
+    return int(text)
+
+
+# -- status file --------------------------------------------------------------
+
+
+def write_status_file(path: str, workers: Iterable[tuple[int, int]]) -> None:
+    """``GEN:PID`` lines sorted by generation, written to a temporary file and
+    renamed into place so readers never see half a file."""
+    lines = "".join(f"{gen}:{pid}\n" for gen, pid in sorted(workers))
+    temporary = f"{path}.{os.getpid()}"
+    try:
+        with open(temporary, "w", encoding="ascii") as f:
+            f.write(lines)
+        os.rename(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+# -- control socket -----------------------------------------------------------
+
+
+def peer_uid(conn: socket.socket) -> int:
+    data = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    return int(_UCRED.unpack(data)[1])
+
+
+def listen_control(path: str) -> socket.socket:
+    """Bind the control socket with mode 0600."""
+    with contextlib.suppress(FileNotFoundError):
+        if not _is_socket(path):
+            raise ControlError(f"control socket path {path} exists and is not a socket")
+        if socket_is_live(path):
+            raise ControlError(f"control socket {path} is in use by another start_server")
+        os.unlink(path)
+    sock = socket.socket(
+        socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+    )
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+        sock.listen(16)
+    except OSError as err:
+        sock.close()
+        raise ControlError(f"failed to create control socket {path}: {err.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    return sock
+
+
+def _is_socket(path: str) -> bool:
+    return stat.S_ISSOCK(os.lstat(path).st_mode)
+
+
+def request(path: str, command: str, timeout: float) -> str:
+    """Send one request and return the ``ok`` message; raise ControlError with
+    the superdaemon's reason, or on timeout."""
+    deadline = time.monotonic() + timeout
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as err:
+            raise ControlError(
+                f"cannot reach start_server at {path}: {err.strerror or err}"
+            ) from None
+        sock.sendall(command.encode() + b"\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ControlError(f"no answer from start_server within {timeout:g} s")
+            sock.settimeout(remaining)
+            try:
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                raise ControlError(f"no answer from start_server within {timeout:g} s") from None
+            if not chunk:
+                raise ControlError("start_server closed the control connection without answering")
+            reply += chunk
+    finally:
+        sock.close()
+    status, _, message = reply.decode(errors="replace").strip().partition(" ")
+    if status == "ok":
+        return message
+    raise ControlError(message or "start_server refused the request")
+
+
+def stop(pid_file: str, timeout: float) -> int:
+    """Perl's ``--stop``: SIGTERM the superdaemon named by the pid file and wait
+    (bounded) until it has exited.  Returns its pid."""
+    pid = read_pid(pid_file)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise ControlError(f"no process {pid} (from {pid_file}): is start_server running?") from None
+    try:
+        os.kill(pid, signal.SIGTERM)
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+        if not ready:
+            raise ControlError(f"start_server (pid:{pid}) still running after {timeout:g} s")
+    finally:
+        os.close(pidfd)
+    return pid

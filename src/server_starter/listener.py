@@ -1,0 +1,91 @@
+"""The worker side: pick up the sockets a superdaemon passed, and say when you
+are ready.  The Python twin of Go's ``listener.ListenAll()`` and Perl's
+``Server::Starter::server_ports()``; works under any start_server (ours,
+Perl's, Go's), since all of them write ``SERVER_STARTER_PORT``.
+
+    from server_starter import listener
+
+    sockets = listener.listen_all()      # ready socket.socket objects
+    ... start serving on them ...
+    listener.notify_ready()              # the new generation may take over now
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+
+from . import notify
+from .environment import GENERATION_VARIABLE, PORT_VARIABLE, PortVariableError, decode_ports
+
+__all__ = [
+    "NotUnderServerStarter",
+    "generation",
+    "listen_all",
+    "notify_ready",
+    "notify_status",
+    "notify_stopping",
+    "ports",
+]
+
+
+class NotUnderServerStarter(RuntimeError):
+    """``SERVER_STARTER_PORT`` is not set: the process was not started by a
+    start_server superdaemon."""
+
+
+def ports(environ: Mapping[str, str] | None = None) -> dict[str, int]:
+    """The inherited sockets as an ordered ``{key: fd}`` mapping, e.g.
+    ``{"8080": 3, "127.0.0.1:8081": 4, "/run/app.sock": 5}``.
+
+    Raises NotUnderServerStarter without a superdaemon, and ValueError
+    (PortVariableError) when the variable is malformed."""
+    env = os.environ if environ is None else environ
+    value = env.get(PORT_VARIABLE)
+    if value is None:
+        raise NotUnderServerStarter(
+            f"no environment variable {PORT_VARIABLE}: start this program under start_server, "
+            "e.g. start_server --port 8080 -- PROGRAM"
+        )
+    return decode_ports(value)
+
+
+def listen_all(environ: Mapping[str, str] | None = None) -> list[socket.socket]:
+    """One socket object per inherited descriptor, in ``SERVER_STARTER_PORT``
+    order: TCP (IPv4 and IPv6) and unix listeners, and UDP sockets, with their
+    family and type read from the descriptor itself."""
+    sockets = []
+    for key, fd in ports(environ).items():
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as err:
+            raise PortVariableError(
+                f"{PORT_VARIABLE} names descriptor {fd} for {key!r}, but it is not an open "
+                f"socket: {err.strerror or err}"
+            ) from None
+        sockets.append(sock)
+    return sockets
+
+
+def generation(environ: Mapping[str, str] | None = None) -> int | None:
+    """This worker's generation number, or None outside a superdaemon."""
+    env = os.environ if environ is None else environ
+    value = env.get(GENERATION_VARIABLE, "")
+    return int(value) if value.isdigit() else None
+
+
+def notify_ready(status: str | None = None) -> bool:
+    """Tell the superdaemon this generation can serve (``READY=1``), so it
+    signals the old one now rather than after ``--interval``.  Returns False
+    when nobody listens (no ``NOTIFY_SOCKET``: e.g. under Perl's start_server)."""
+    return notify.send("READY=1" + (f"\nSTATUS={status}" if status else ""))
+
+
+def notify_status(status: str) -> bool:
+    """Free-form status text, logged by the superdaemon."""
+    return notify.send(f"STATUS={status}")
+
+
+def notify_stopping() -> bool:
+    return notify.send("STOPPING=1")

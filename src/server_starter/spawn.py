@@ -1,0 +1,104 @@
+"""Starting one worker process: fork, a clean descriptor table, exec.
+
+The child keeps exactly stdin, stdout, stderr and the listening sockets (at
+the numbers SERVER_STARTER_PORT names); everything else is closed before
+exec.  An exec failure is reported back through a close-on-exec pipe, so
+the superdaemon can say "no such file" instead of guessing from exit 255.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# Signals whose disposition Python changes at start-up; a worker must get the
+# defaults (an app that inherits SIGPIPE ignored behaves differently).
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGHUP, signal.SIGTERM,
+                  signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class SpawnError(Exception):
+    """The command could not be started at all (exec or chdir failed)."""
+
+
+@dataclass
+class Process:
+    pid: int
+    pidfd: int  # readable once the process has exited
+
+
+def _close_all_but(keep: Sequence[int]) -> None:
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    low = 0
+    # Never call closerange with an empty range: CPython maps it onto
+    # close_range(low, high - 1), and closerange(0, 0) would close everything.
+    for fd in sorted(set(keep)):
+        if fd > low:
+            os.closerange(low, fd)
+        low = max(low, fd + 1)
+    if limit > low:
+        os.closerange(low, limit)
+
+
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    keep_fds: Sequence[int],
+    directory: str | None,
+) -> Process:
+    """Fork and exec ``argv``; raise SpawnError if it could not be exec'd."""
+    report_read, report_write = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: nothing here may return or raise
+        stage = "prepare to exec"
+        try:
+            os.close(report_read)
+            for number in _RESET_SIGNALS:
+                signal.signal(number, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            signal.set_wakeup_fd(-1)
+            stage = "chdir to"
+            if directory is not None:
+                os.chdir(directory)
+            # Keep the report pipe until exec closes it for us.
+            _close_all_but([0, 1, 2, report_write, *keep_fds])
+            for fd in keep_fds:
+                os.set_inheritable(fd, True)
+            stage = "exec"
+            os.execvpe(argv[0], list(argv), dict(env))
+        except OSError as err:
+            target = directory if stage == "chdir to" else argv[0]
+            message = f"failed to {stage} {target}: {err.strerror or err}"
+        except BaseException as err:  # the child must never unwind into our event loop
+            message = f"failed to exec {argv[0]}: {err}"
+        try:
+            os.write(report_write, message.encode(errors="replace"))
+        finally:
+            os._exit(255)
+    os.close(report_write)
+    try:
+        failure = b""
+        while chunk := os.read(report_read, 4096):
+            failure += chunk
+    finally:
+        os.close(report_read)
+    pidfd = os.pidfd_open(pid)
+    if failure:
+        os.waitpid(pid, 0)
+        os.close(pidfd)
+        raise SpawnError(failure.decode(errors="replace"))
+    return Process(pid=pid, pidfd=pidfd)
+
+
+def reap(process: Process) -> int | None:
+    """The raw wait status if the process has exited, else None."""
+    try:
+        pid, status = os.waitpid(process.pid, os.WNOHANG)
+    except ChildProcessError:
+        return 0
+    if pid == 0:
+        return None
+    return status
