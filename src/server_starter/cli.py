@@ -100,59 +100,143 @@ def _mode(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
-                usage="%(prog)s [options] -- server-prog [server-args...]",
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        usage="%(prog)s [options] -- server-prog [server-args...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add = p.add_argument
-    add("--port", action="append", default=[], metavar="[HOST:]PORT[=FD]",
+    add(
+        "--port",
+        action="append",
+        default=[],
+        metavar="[HOST:]PORT[=FD]",
         help="TCP port to listen to: PORT (0.0.0.0), HOST:PORT, [V6ADDR]:PORT; "
-             "=FD pins the descriptor; a 'u' before PORT means UDP (repeatable)")
-    add("--path", action="append", default=[], metavar="PATH",
-        help="unix socket path to listen to (repeatable)")
-    add("--path-mode", type=_mode, default=0o777, metavar="MODE",
-        help="permissions of --path sockets (default 0777, as Perl's start_server)")
-    add("--backlog", type=_positive_int, default=None, metavar="N",
-        help="listen(2) backlog (default SOMAXCONN)")
+        "=FD pins the descriptor; a 'u' before PORT means UDP (repeatable)",
+    )
+    add(
+        "--path",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="unix socket path to listen to (repeatable)",
+    )
+    add(
+        "--path-mode",
+        type=_mode,
+        default=0o777,
+        metavar="MODE",
+        help="permissions of --path sockets (default 0777, as Perl's start_server)",
+    )
+    add(
+        "--backlog",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="listen(2) backlog (default SOMAXCONN)",
+    )
     add("--dir", metavar="PATH", help="working directory of the server program")
-    add("--interval", type=_seconds, default=1.0, metavar="SECONDS",
+    add(
+        "--interval",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
         help="a worker alive this long counts as ready unless it notifies (default 1); "
-             "also the first retry delay")
-    add("--signal-on-hup", type=_signal, default=signal.SIGTERM, metavar="SIGNAL",
-        help="signal sent to old workers when a new one is ready (default TERM)")
-    add("--signal-on-term", type=_signal, default=signal.SIGTERM, metavar="SIGNAL",
-        help="signal sent to the workers when start_server gets TERM (default TERM)")
+        "also the first retry delay",
+    )
+    add(
+        "--signal-on-hup",
+        type=_signal,
+        default=signal.SIGTERM,
+        metavar="SIGNAL",
+        help="signal sent to old workers when a new one is ready (default TERM)",
+    )
+    add(
+        "--signal-on-term",
+        type=_signal,
+        default=signal.SIGTERM,
+        metavar="SIGNAL",
+        help="signal sent to the workers when start_server gets TERM (default TERM)",
+    )
     add("--pid-file", metavar="FILE", help="write start_server's pid here (locked while it runs)")
     add("--status-file", metavar="FILE", help="write GEN:PID of every live worker here")
-    add("--envdir", metavar="DIR",
-        help="directory of environment variables for the workers, re-read before each start")
-    add("--log-file", metavar="FILE|'| CMD'",
-        help="append stdout and stderr to FILE, or pipe them to CMD")
+    add(
+        "--envdir",
+        metavar="DIR",
+        help="directory of environment variables for the workers, re-read before each start",
+    )
+    add(
+        "--log-file",
+        metavar="FILE|'| CMD'",
+        help="append stdout and stderr to FILE, or pipe them to CMD",
+    )
     add("--daemonize", action="store_true", help="fork into the background (needs --log-file)")
     add("--enable-auto-restart", action="store_true", help="restart the worker periodically")
-    add("--auto-restart-interval", type=_seconds, metavar="SECONDS",
-        help="period of --enable-auto-restart (default 360)")
-    add("--kill-old-delay", type=_seconds, metavar="SECONDS",
+    add(
+        "--auto-restart-interval",
+        type=_seconds,
+        metavar="SECONDS",
+        help="period of --enable-auto-restart (default 360)",
+    )
+    add(
+        "--kill-old-delay",
+        type=_seconds,
+        metavar="SECONDS",
         help="wait this long after a new worker is ready before signalling old ones "
-             "(default 0, or 5 with auto-restart)")
-    add("--require-notify", action="store_true",
-        help="a worker is ready only when it sends READY=1 to $NOTIFY_SOCKET")
-    add("--ready-timeout", type=_seconds, metavar="SECONDS",
-        help="with --require-notify: give up on a worker without READY=1 after this (default 60)")
-    add("--stop-timeout", type=_seconds, default=85.0, metavar="SECONDS",
+        "(default 0, or 5 with auto-restart)",
+    )
+    add(
+        "--require-notify",
+        action="store_true",
+        help="a worker is ready only when it sends READY=1 to $NOTIFY_SOCKET",
+    )
+    add(
+        "--ready-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="with --require-notify: give up on a worker without READY=1 after this (default 60)",
+    )
+    add(
+        "--stop-timeout",
+        type=_seconds,
+        default=85.0,
+        metavar="SECONDS",
         help="SIGKILL a signalled worker still running after this long (default 85, "
-             "under systemd's 90s TimeoutStopSec)")
-    add("--backoff-max", type=_seconds, default=30.0, metavar="SECONDS",
-        help="longest wait between attempts to start a failing worker (default 30)")
-    add("--control-socket", metavar="PATH",
+        "under systemd's 90s TimeoutStopSec)",
+    )
+    add(
+        "--backoff-max",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait between attempts to start a failing worker (default 30)",
+    )
+    add(
+        "--control-socket",
+        metavar="PATH",
         help="unix socket for --restart (default $RUNTIME_DIRECTORY/start_server.sock, "
-             "else PIDFILE.sock)")
-    add("--restart-timeout", type=_seconds, default=90.0, metavar="SECONDS",
-        help="how long --restart waits for the outcome (default 90)")
-    add("--restart", action="store_true",
+        "else PIDFILE.sock)",
+    )
+    add(
+        "--restart-timeout",
+        type=_seconds,
+        default=90.0,
+        metavar="SECONDS",
+        help="how long --restart waits for the outcome (default 90)",
+    )
+    add(
+        "--restart",
+        action="store_true",
         help="ask the running start_server to reload; exit 0 once the new generation is "
-             "ready and the old one signalled, 1 with the reason if it failed")
-    add("--stop", action="store_true",
-        help="send TERM to the start_server named by --pid-file and wait until it exits")
+        "ready and the old one signalled, 1 with the reason if it failed",
+    )
+    add(
+        "--stop",
+        action="store_true",
+        help="send TERM to the start_server named by --pid-file and wait until it exits",
+    )
     add("--version", action="store_true", help="print the version and exit")
     add("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
@@ -212,8 +296,9 @@ def _redirect_output(log_file: str) -> None:
     stripped = log_file.lstrip()
     if stripped.startswith("|"):
         try:
-            pipe = subprocess.Popen(stripped[1:].strip(), shell=True, stdin=subprocess.PIPE,
-                                    start_new_session=False)
+            pipe = subprocess.Popen(
+                stripped[1:].strip(), shell=True, stdin=subprocess.PIPE, start_new_session=False
+            )
         except OSError as err:
             raise UsageError(f"failed to open pipe:{log_file}: {err.strerror}") from None
         assert pipe.stdin is not None
@@ -271,8 +356,10 @@ def run(argv: Sequence[str]) -> int:
     control_path = control_socket_path(args.control_socket, args.pid_file, environ)
     if args.restart:
         if control_path is None:
-            raise UsageError("--restart needs --pid-file or --control-socket "
-                             "(or RuntimeDirectory= in the systemd unit)")
+            raise UsageError(
+                "--restart needs --pid-file or --control-socket "
+                "(or RuntimeDirectory= in the systemd unit)"
+            )
         message = request(control_path, "reload", args.restart_timeout)
         print(f"start_server: {message}", file=sys.stderr)
         return 0
@@ -280,8 +367,7 @@ def run(argv: Sequence[str]) -> int:
         if args.pid_file is None:
             raise UsageError("--stop option requires --pid-file to be set as well")
         pid = stop(args.pid_file, args.stop_timeout + 5)
-        print(f"stop_server (pid:{os.getpid()}) stopped start_server (pid:{pid})",
-              file=sys.stderr)
+        print(f"stop_server (pid:{os.getpid()}) stopped start_server (pid:{pid})", file=sys.stderr)
         return 0
     if args.daemonize and args.log_file is None:
         raise UsageError("--log-file option must be specified together with --daemonize")

@@ -191,7 +191,9 @@ def stop(pid_file: str, timeout: float) -> int:
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        raise ControlError(f"no process {pid} (from {pid_file}): is start_server running?") from None
+        raise ControlError(
+            f"no process {pid} (from {pid_file}): is start_server running?"
+        ) from None
     try:
         os.kill(pid, signal.SIGTERM)
         ready, _, _ = select.select([pidfd], [], [], timeout)

@@ -34,9 +34,10 @@ from . import listener
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "server-starter-example"
-    protocol_version = "HTTP/1.0"  # one request per connection: draining never waits on idle keep-alives
+    # One request per connection: draining never waits on idle keep-alives.
+    protocol_version = "HTTP/1.0"
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server protocol's name
+    def do_GET(self) -> None:
         greeting = os.environ.get("EXAMPLE_APP_MESSAGE", "Hello")
         if self.path == "/":
             self._reply(f"{greeting} from a HandleFunc #1!\n")
@@ -61,7 +62,7 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(pause)
             self.wfile.write(second)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base class name
+    def log_message(self, format: str, *args: object) -> None:
         pass  # access logs would drown the superdaemon's lifecycle log
 
 
@@ -110,8 +111,9 @@ def main() -> int:
         return 0
 
     servers = [Server(sock) for sock in sockets]
-    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2})
-               for s in servers]
+    threads = [
+        threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}) for s in servers
+    ]
     for thread in threads:
         thread.start()
     listener.notify_ready(f"generation {listener.generation()} serving")

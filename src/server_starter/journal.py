@@ -12,11 +12,11 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
-from enum import Enum
+from enum import StrEnum
 from typing import TextIO
 
 
-class Event(str, Enum):
+class Event(StrEnum):
     START = "start"
     SPAWN = "spawn"
     READY = "ready"
@@ -59,9 +59,7 @@ class EventLog:
         self.stream = stream if stream is not None else sys.stderr
         self._journal = _journal_sender() if to_journal else None
         if to_journal and self._journal is None:
-            self.stream.write(
-                "start_server: python3-systemd is not installed; logging to stderr\n"
-            )
+            self.stream.write("start_server: python3-systemd is not installed; logging to stderr\n")
 
     @property
     def journal_enabled(self) -> bool:

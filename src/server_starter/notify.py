@@ -78,7 +78,7 @@ class NotifyReceiver:
 
     def receive(self) -> list[Message]:
         """Drain every queued datagram; drop those from other users."""
-        messages = []
+        messages: list[Message] = []
         own_uid = os.getuid()
         while True:
             try:

@@ -338,9 +338,7 @@ def adopt_inherited(environ: Mapping[str, str], pid: int) -> list[Listener] | No
     return listeners
 
 
-def check_specs_match(
-    listeners: Sequence[Listener], specs: Sequence[PortSpec | PathSpec]
-) -> None:
+def check_specs_match(listeners: Sequence[Listener], specs: Sequence[PortSpec | PathSpec]) -> None:
     """Under systemd, --port/--path may restate the socket unit; they must agree."""
     if not specs:
         return

@@ -107,7 +107,8 @@ class Generation:
         return self.process.pid
 
     def ready_deadline(self, config: Config) -> float:
-        return self.spawned_at + (config.ready_timeout if config.require_notify else config.interval)
+        wait = config.ready_timeout if config.require_notify else config.interval
+        return self.spawned_at + wait
 
 
 def _signal_name(number: signal.Signals) -> str:
@@ -163,8 +164,9 @@ class Supervisor:
     def run(self) -> int:
         self._install_signal_handlers()
         if self.config.control_socket is not None:
-            self.selector.register(self.config.control_socket, selectors.EVENT_READ,
-                                   self._on_control_connection)
+            self.selector.register(
+                self.config.control_socket, selectors.EVENT_READ, self._on_control_connection
+            )
         self.log.event(Event.START, f"start_server (pid:{os.getpid()}) starting now...")
         self._start_generation(is_reload=False)
         try:
@@ -220,8 +222,11 @@ class Supervisor:
 
     def _on_time(self, now: float) -> None:
         pending = self.pending
-        if (pending is not None and not pending.start_timed_out
-                and now >= pending.ready_deadline(self.config)):
+        if (
+            pending is not None
+            and not pending.start_timed_out
+            and now >= pending.ready_deadline(self.config)
+        ):
             if self.config.require_notify:
                 # Killed now; its exit (a moment later, via the pidfd) records the failure.
                 pending.start_timed_out = True
@@ -238,7 +243,9 @@ class Supervisor:
                     Event.KILL,
                     f"worker {gen.pid} (generation {gen.number}) still running "
                     f"{self.config.stop_timeout:g}s after its signal, sending KILL",
-                    priority=WARNING, generation=gen.number, pid=gen.pid,
+                    priority=WARNING,
+                    generation=gen.number,
+                    pid=gen.pid,
                 )
                 self._kill(gen, signal.SIGKILL)
         if self.retry_at is not None and now >= self.retry_at:
@@ -247,8 +254,10 @@ class Supervisor:
         auto = self._auto_restart_due()
         if auto is not None and now >= auto:
             forced = "forced, " if self.old else ""
-            self.log.event(Event.RELOAD, f"autorestart triggered ({forced}"
-                           f"interval={self._auto_restart_interval():g})")
+            self.log.event(
+                Event.RELOAD,
+                f"autorestart triggered ({forced}interval={self._auto_restart_interval():g})",
+            )
             self.request_reload(None, None)
 
     # -- requests ---------------------------------------------------------
@@ -276,8 +285,10 @@ class Supervisor:
 
     def begin_stop(self, received: signal.Signals) -> None:
         if self.stopping:
-            self.log.line(f"received {_signal_name(received)} while stopping; still waiting for "
-                          f"workers:{self._pid_list(self._alive())}")
+            self.log.line(
+                f"received {_signal_name(received)} while stopping; still waiting for "
+                f"workers:{self._pid_list(self._alive())}"
+            )
             return
         self.stopping = True
         self.retry_at = None
@@ -316,28 +327,40 @@ class Supervisor:
         waiters, self.next_waiters = self.next_waiters, []
         envdir_values = load_envdir(self._envdir())
         notifier = notify.NotifyReceiver(f"gen{number}")
-        env = worker_environment(self.base_environ, envdir_values, self.ports, number,
-                                 notifier.address, self.fd_names)
+        env = worker_environment(
+            self.base_environ, envdir_values, self.ports, number, notifier.address, self.fd_names
+        )
         if is_reload:
-            self._notify_systemd(f"RELOADING=1\nMONOTONIC_USEC={notify.monotonic_usec()}\n"
-                                 f"STATUS=reloading: starting generation {number}")
+            self._notify_systemd(
+                f"RELOADING=1\nMONOTONIC_USEC={notify.monotonic_usec()}\n"
+                f"STATUS=reloading: starting generation {number}"
+            )
         try:
-            process = spawn(self.config.command, env, [listener.fd for listener in self.listeners],
-                            self.config.directory)
+            process = spawn(
+                self.config.command,
+                env,
+                [listener.fd for listener in self.listeners],
+                self.config.directory,
+            )
         except SpawnError as err:
             notifier.close()
-            self.log.event(Event.FAILED, f"new worker (generation {number}) failed to start: {err}",
-                           priority=ERR, generation=number)
+            self.log.event(
+                Event.FAILED,
+                f"new worker (generation {number}) failed to start: {err}",
+                priority=ERR,
+                generation=number,
+            )
             self._start_failed(number, is_reload, waiters, str(err))
             return
         gen = Generation(number, process, notifier, is_reload, time.monotonic(), waiters=waiters)
         self.pending = gen
-        self.selector.register(process.pidfd, selectors.EVENT_READ,
-                               lambda _fd: self._on_exit(gen))
-        self.selector.register(notifier.sock, selectors.EVENT_READ,
-                               lambda _sock: self._on_notify(gen))
-        self.log.event(Event.SPAWN, f"starting new worker {gen.pid}", generation=number,
-                       pid=gen.pid)
+        self.selector.register(process.pidfd, selectors.EVENT_READ, lambda _fd: self._on_exit(gen))
+        self.selector.register(
+            notifier.sock, selectors.EVENT_READ, lambda _sock: self._on_notify(gen)
+        )
+        self.log.event(
+            Event.SPAWN, f"starting new worker {gen.pid}", generation=number, pid=gen.pid
+        )
         if not is_reload:
             self._notify_systemd(f"STATUS=starting generation {number}")
 
@@ -356,13 +379,20 @@ class Supervisor:
         gen.state = State.SERVING
         gen.ready_at = now
         self.last_restart = now
-        self.log.event(Event.READY, f"worker {gen.pid} (generation {gen.number}) is ready ({how})",
-                       generation=gen.number, pid=gen.pid)
+        self.log.event(
+            Event.READY,
+            f"worker {gen.pid} (generation {gen.number}) is ready ({how})",
+            generation=gen.number,
+            pid=gen.pid,
+        )
         if previous is not None:
             delay = self._kill_old_delay()
-            self.log.event(Event.DRAIN, f"new worker is now running, sending "
-                           f"{_signal_name(self.config.signal_on_hup)} to old workers:"
-                           f"{previous.pid}")
+            self.log.event(
+                Event.DRAIN,
+                f"new worker is now running, sending "
+                f"{_signal_name(self.config.signal_on_hup)} to old workers:"
+                f"{previous.pid}",
+            )
             previous.state = State.RETIRING
             previous.waiters = gen.waiters
             gen.waiters = []
@@ -374,8 +404,11 @@ class Supervisor:
                 self.log.event(Event.DRAIN, "killing old workers")
                 self._signal_old(previous, self.config.signal_on_hup, now)
         elif gen.is_reload:
-            self.log.event(Event.DRAIN, "new worker is now running, sending "
-                           f"{_signal_name(self.config.signal_on_hup)} to old workers:none")
+            self.log.event(
+                Event.DRAIN,
+                "new worker is now running, sending "
+                f"{_signal_name(self.config.signal_on_hup)} to old workers:none",
+            )
         for waiter in gen.waiters:
             waiter.reply(True, f"generation {gen.number} (pid {gen.pid}) is ready")
         gen.waiters = []
@@ -391,8 +424,11 @@ class Supervisor:
         gen.kill_at = now + self.config.stop_timeout
         self._signal(gen, number)
         for waiter in gen.waiters:
-            waiter.reply(True, f"generation {self.current.number if self.current else '?'} is "
-                         f"serving; sent {_signal_name(number)} to worker {gen.pid}")
+            waiter.reply(
+                True,
+                f"generation {self.current.number if self.current else '?'} is "
+                f"serving; sent {_signal_name(number)} to worker {gen.pid}",
+            )
         gen.waiters = []
         self._notify_systemd(f"STATUS={self._status_text()}")
 
@@ -414,23 +450,34 @@ class Supervisor:
         elif gen.state is State.STARTING:
             lived = time.monotonic() - gen.spawned_at
             if gen.start_timed_out:
-                reason = (f"no READY=1 within {self.config.ready_timeout:g}s "
-                          "(--ready-timeout), killed")
+                reason = (
+                    f"no READY=1 within {self.config.ready_timeout:g}s (--ready-timeout), killed"
+                )
             else:
                 reason = f"exited before it was ready, {describe_status(status)}"
-            self.log.event(Event.FAILED, f"new worker {gen.pid} seems to have failed to start, "
-                           f"exit {raw}", priority=ERR, **fields)
+            self.log.event(
+                Event.FAILED,
+                f"new worker {gen.pid} seems to have failed to start, exit {raw}",
+                priority=ERR,
+                **fields,
+            )
             if not gen.start_timed_out and lived < QUICK_EXIT_SECONDS and status != 0:
                 self.log.line(
                     f"hint: worker {gen.pid} exited {lived:.2f}s after its start; if it reported "
                     "'Address already in use', it binds the port itself instead of using the "
-                    "sockets passed in SERVER_STARTER_PORT", priority=NOTICE)
+                    "sockets passed in SERVER_STARTER_PORT",
+                    priority=NOTICE,
+                )
             self.pending = None
             self._start_failed(gen.number, gen.is_reload, gen.waiters, reason)
         elif gen.state is State.SERVING:
             self.current = None
-            self.log.event(Event.EXIT, f"worker {gen.pid} died unexpectedly with {raw}, "
-                           "restarting", priority=WARNING, **fields)
+            self.log.event(
+                Event.EXIT,
+                f"worker {gen.pid} died unexpectedly with {raw}, restarting",
+                priority=WARNING,
+                **fields,
+            )
             self._write_status()
             if self.pending is not None:
                 self.log.line(f"generation {self.pending.number}, still starting, will take over")
@@ -445,16 +492,25 @@ class Supervisor:
             self._write_status()
             self._notify_systemd(f"STATUS={self._status_text()}")
 
-    def _start_failed(self, number: int, is_reload: bool, waiters: list[Waiter],
-                      reason: str) -> None:
+    def _start_failed(
+        self, number: int, is_reload: bool, waiters: list[Waiter], reason: str
+    ) -> None:
         self._count_failure(self.current.ready_at if self.current else None)
         for waiter in waiters:
-            waiter.reply(False, f"generation {number} failed to start: {reason}; "
-                                + ("the old generation keeps serving" if self.current
-                                   else "no generation is serving"))
+            waiter.reply(
+                False,
+                f"generation {number} failed to start: {reason}; "
+                + (
+                    "the old generation keeps serving"
+                    if self.current
+                    else "no generation is serving"
+                ),
+            )
         if is_reload:
-            self._notify_systemd(f"READY=1\nSTATUS=reload failed: generation {number} {reason}; "
-                                 f"{self._status_text()}")
+            self._notify_systemd(
+                f"READY=1\nSTATUS=reload failed: generation {number} {reason}; "
+                f"{self._status_text()}"
+            )
         if self.reload_queued:
             # Asked again while this one was starting: perhaps with a fix.
             self.reload_queued = False
@@ -472,14 +528,20 @@ class Supervisor:
         # A first unexpected death respawns at once (as Perl does); after that,
         # and after every failed start, wait --interval, doubling up to --backoff-max.
         steps = self.failures - (2 if after_death else 1)
-        delay = 0.0 if steps < 0 else min(
-            max(self.config.interval, 1.0) * 2**steps, self.config.backoff_max)
+        delay = (
+            0.0
+            if steps < 0
+            else min(max(self.config.interval, 1.0) * 2**steps, self.config.backoff_max)
+        )
         if delay <= 0:
             self._start_generation(is_reload=self.current is not None)
             return
         self.retry_at = time.monotonic() + delay
-        self.log.line(f"{why}; retrying in {delay:g}s (failure {self.failures} in a row, "
-                      f"backoff doubles up to {self.config.backoff_max:g}s)", priority=WARNING)
+        self.log.line(
+            f"{why}; retrying in {delay:g}s (failure {self.failures} in a row, "
+            f"backoff doubles up to {self.config.backoff_max:g}s)",
+            priority=WARNING,
+        )
         self._notify_systemd(f"STATUS={self._status_text()}; {why}, retrying in {delay:g}s")
 
     def _kill(self, gen: Generation, number: signal.Signals) -> None:
@@ -488,8 +550,12 @@ class Supervisor:
 
     def _signal(self, gen: Generation, number: signal.Signals) -> None:
         gen.signalled = True
-        self.log.event(Event.DRAIN, f"sending {_signal_name(number)} to worker {gen.pid} "
-                       f"(generation {gen.number})", generation=gen.number, pid=gen.pid)
+        self.log.event(
+            Event.DRAIN,
+            f"sending {_signal_name(number)} to worker {gen.pid} (generation {gen.number})",
+            generation=gen.number,
+            pid=gen.pid,
+        )
         self._kill(gen, number)
 
     def _finish_if_stopped(self) -> None:
@@ -532,8 +598,10 @@ class Supervisor:
         try:
             write_status_file(self.config.status_file, workers)
         except OSError as err:
-            self.log.line(f"failed to write status file {self.config.status_file}: "
-                          f"{err.strerror}", priority=ERR)
+            self.log.line(
+                f"failed to write status file {self.config.status_file}: {err.strerror}",
+                priority=ERR,
+            )
 
     def _effective_environ(self) -> dict[str, str]:
         return {**self.base_environ, **load_envdir(self._envdir())}
@@ -551,12 +619,22 @@ class Supervisor:
         return env.get("ENABLE_AUTO_RESTART", "") not in ("", "0")
 
     def _auto_restart_interval(self) -> float:
-        return _number(self._effective_environ(), "AUTO_RESTART_INTERVAL",
-                       self.config.auto_restart_interval) or self.config.auto_restart_interval
+        return (
+            _number(
+                self._effective_environ(),
+                "AUTO_RESTART_INTERVAL",
+                self.config.auto_restart_interval,
+            )
+            or self.config.auto_restart_interval
+        )
 
     def _auto_restart_due(self) -> float | None:
-        if (self.stopping or self.last_restart is None or self.pending is not None
-                or not self._auto_restart_enabled(self.base_environ)):
+        if (
+            self.stopping
+            or self.last_restart is None
+            or self.pending is not None
+            or not self._auto_restart_enabled(self.base_environ)
+        ):
             return None
         interval = self._auto_restart_interval()
         # With old workers still draining, wait up to twice the interval (Perl).
@@ -570,8 +648,9 @@ class Supervisor:
         try:
             notify.send(message, self.systemd_socket)
         except OSError as err:
-            self.log.line(f"cannot notify systemd at {self.systemd_socket}: {err.strerror}",
-                          priority=WARNING)
+            self.log.line(
+                f"cannot notify systemd at {self.systemd_socket}: {err.strerror}", priority=WARNING
+            )
 
     def _on_control_connection(self, listener: object) -> None:
         assert self.config.control_socket is not None

@@ -1,0 +1,35 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+
+.PHONY: deps demo test lint deb bench clean
+
+deps:
+	@scripts/install-deps.sh
+
+demo: deps
+	@echo "Serving the example app on http://localhost:$(PORT)/ under start_server."
+	@echo "  reload:  kill -HUP \$$(cat demo.pid)   or   $(BIN)/start_server --restart --pid-file demo.pid"
+	@echo "  stop:    Ctrl-C (drains in-flight requests)"
+	$(BIN)/start_server --port $(PORT) --pid-file demo.pid --status-file demo.status \
+		-- $(BIN)/server-starter-example
+
+lint: deps
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -ra
+
+deb:
+	@echo "make deb: the Debian package is not built yet (open issue: units/, the .deb and tests in a booted systemd)" >&2
+	@exit 1
+
+bench:
+	@echo "make bench: the benchmark is not built yet (open issue: benchmark side by side with Perl start_server)" >&2
+	@exit 1
+
+clean:
+	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache .hypothesis demo.pid demo.status

@@ -1,0 +1,30 @@
+#!/bin/sh
+# Install what the demo and the tests need on Debian 12 (bookworm), then the
+# project's virtual environment.  Safe to run again: it installs only what is
+# missing.
+set -eu
+
+SYSTEM_PACKAGES="python3 python3-venv python3-systemd libserver-starter-perl apache2-utils curl systemd"
+
+missing=""
+for pkg in $SYSTEM_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "installing Debian packages:$missing"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+fi
+
+# Debian's python3 is the interpreter the package runs on; the venv sees its
+# python3-systemd through --system-site-packages.
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -e . \
+        pytest pytest-timeout hypothesis ruff mypy
+    touch .venv/.installed
+fi
