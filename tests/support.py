@@ -1,0 +1,190 @@
+"""Test support: run a real superdaemon (ours or Perl's), wait on what it
+logs, and talk HTTP to its workers.  Every wait is bounded."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+START_SERVER = str(BIN / "start_server")
+PERL_START_SERVER = "/usr/bin/start_server"
+EXAMPLE_APP = [sys.executable, "-m", "server_starter.example_app"]
+REPORTER = [sys.executable, str(ROOT / "tests" / "workers" / "reporter.py")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Daemon:
+    """A start_server process in its own session, its output collected by a
+    reader thread so tests can wait for a line instead of sleeping."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
+        self.argv = list(argv)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            text=True,
+            start_new_session=True,
+            pass_fds=pass_fds,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def matches(self, pattern: str) -> list[re.Match[str]]:
+        regex = re.compile(pattern)
+        with self._changed:
+            return [m for m in map(regex.search, self.lines) if m]
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 20.0) -> re.Match[str]:
+        """Wait until ``count`` output lines match ``pattern``; return the last."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [m for m in map(regex.search, self.lines) if m]
+                if len(found) >= count:
+                    return found[count - 1]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"waited for {count} line(s) matching {pattern!r}; output:\n"
+                        + "\n".join(self.lines)
+                    )
+                self._changed.wait(remaining)
+
+    def signal(self, number: int) -> None:
+        os.kill(self.proc.pid, number)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill_everything(self) -> None:
+        """Last-resort cleanup: nothing the test started may outlive it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def running(argv: Sequence[str], **kwargs: Any) -> Iterator[Daemon]:
+    daemon = Daemon(argv, **kwargs)
+    try:
+        yield daemon
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                daemon.proc.wait(15)
+        daemon.kill_everything()
+
+
+def http_get(port: int, path: str = "/", timeout: float = 10.0) -> tuple[int, dict[str, str], str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read().decode()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def generation_of(port: int) -> int:
+    status, headers, _ = http_get(port)
+    assert status == 200
+    return int(headers["x-server-starter-generation"])
+
+
+def reports(directory: Path) -> list[dict[str, Any]]:
+    """Worker reports, oldest generation first."""
+    found = [json.loads(p.read_text()) for p in directory.glob("report-*.json")]
+    return sorted(found, key=lambda r: int(r["env"].get("SERVER_STARTER_GENERATION", 0)))
+
+
+def wait_for_reports(directory: Path, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+    # Reports are files written by separate processes; a short bounded poll is
+    # the only way to observe them without an extra channel.
+    deadline = time.monotonic() + timeout
+    while True:
+        found = reports(directory)
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} worker reports in {directory}, got {found}")
+        time.sleep(0.05)
+
+
+def signals_received(directory: Path, pid: int) -> list[str]:
+    path = directory / f"signals-{pid}.log"
+    return path.read_text().split() if path.exists() else []
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purposes.
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return False
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
+    for name in ("JOURNAL_STREAM", "INVOCATION_ID", "ENVDIR", "KILL_OLD_DELAY",
+                 "ENABLE_AUTO_RESTART", "AUTO_RESTART_INTERVAL", "RUNTIME_DIRECTORY"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
