@@ -27,13 +27,13 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
 
 from . import listener
 
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "server-starter-example"
+    timeout = 10  # a client that connects and says nothing cannot hold up a drain
     # One request per connection: draining never waits on idle keep-alives.
     protocol_version = "HTTP/1.0"
 
@@ -99,15 +99,13 @@ def main() -> int:
         print("example app: no stream socket in SERVER_STARTER_PORT", file=sys.stderr)
         return 1
 
-    stop = threading.Event()
-
-    def on_term(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    # Block the stop signals before any thread starts (threads inherit the
+    # mask), then wait for them synchronously: a handler could run late,
+    # because the kernel may deliver the signal to a request thread.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     boot = float(os.environ.get("EXAMPLE_APP_BOOT_SECONDS", "0") or 0)
-    if boot > 0 and stop.wait(boot):
+    if boot > 0 and signal.sigtimedwait(stop_signals, boot) is not None:
         return 0
 
     servers = [Server(sock) for sock in sockets]
@@ -117,7 +115,7 @@ def main() -> int:
     for thread in threads:
         thread.start()
     listener.notify_ready(f"generation {listener.generation()} serving")
-    stop.wait()
+    signal.sigwait(stop_signals)
     listener.notify_stopping()
     for server in servers:
         server.shutdown()  # stop accepting; the listening socket stays open for the next generation

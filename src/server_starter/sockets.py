@@ -74,6 +74,9 @@ class Listener:
 
 def parse_port(value: str) -> PortSpec:
     """Parse one ``--port`` value with Perl start_server's grammar."""
+    if value.count("[") != value.count("]") or value.count("[") > 1:
+        # Perl's pattern reads "[::1:80" as host "::1", port 80: reject instead.
+        raise SocketError(f"invalid --port value {value!r}: unbalanced brackets")
     match = _BARE_PORT.match(value)
     if match:
         udp, port_text, fd_text = match.groups()

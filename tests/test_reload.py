@@ -1,0 +1,175 @@
+"""Reloads with the example app: under load, and when the new generation fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from support import (
+    EXAMPLE_APP,
+    ROOT,
+    START_SERVER,
+    free_port,
+    generation_of,
+    http_get,
+    running,
+    worker_env,
+)
+
+
+def restart(pid_file: Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [START_SERVER, "--restart", f"--pid-file={pid_file}"],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+class Load:
+    """Client threads sending real HTTP requests until stopped."""
+
+    def __init__(self, port: int, threads: int = 8, path: str = "/") -> None:
+        self.port, self.path = port, path
+        self.stop = threading.Event()
+        self.generations: Counter[int] = Counter()
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                status, headers, body = http_get(self.port, self.path)
+                ok = status == 200 and body.endswith("!\n")
+                with self.lock:
+                    if ok:
+                        self.generations[int(headers["x-server-starter-generation"])] += 1
+                    else:
+                        self.failures.append(f"{status} {body!r}")
+            except Exception as err:  # every failure counts, whatever its kind
+                with self.lock:
+                    self.failures.append(repr(err))
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def total(self) -> int:
+        return sum(self.generations.values()) + len(self.failures)
+
+
+@pytest.mark.load
+@pytest.mark.parametrize("path", ["/", "/slow"])
+def test_reloads_under_load_fail_no_request(tmp_path: Path, path: str) -> None:
+    port, pid_file = free_port(), tmp_path / "pid"
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}", "--", *EXAMPLE_APP]
+    reloads = 20
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"is ready \(READY=1\)")
+        with Load(port, path=path) as load:
+            for number in range(reloads):
+                result = restart(pid_file)
+                assert result.returncode == 0, result.stderr
+                assert f"generation {number + 2} is serving" in result.stderr
+        daemon.wait_for(r"^old worker \d+ died", count=reloads)
+    assert load.failures == [], load.failures[:5]
+    assert load.total() > 100
+    seen = sorted(load.generations)
+    assert seen[-1] == reloads + 1
+    assert len(seen) >= reloads // 2, f"too few generations answered: {seen}"
+
+
+def test_hup_during_reload_is_coalesced(tmp_path: Path) -> None:
+    """Three HUPs while a slow generation boots: one more reload, not three."""
+    port, envdir = free_port(), tmp_path / "env"
+    envdir.mkdir()
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--envdir={envdir}", "--", *EXAMPLE_APP]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"is ready")
+        (envdir / "EXAMPLE_APP_BOOT_SECONDS").write_text("1.5\n")
+        daemon.signal(1)
+        daemon.wait_for(r"starting new worker", count=2)
+        for _ in range(3):
+            daemon.signal(1)
+        daemon.wait_for(r"will reload again once it is ready")
+        (envdir / "EXAMPLE_APP_BOOT_SECONDS").unlink()
+        daemon.wait_for(r"worker \d+ \(generation 3\) is ready", timeout=30)
+        daemon.wait_for(r"^old worker \d+ died", count=2)
+        assert generation_of(port) == 3
+        assert len(daemon.matches(r"starting new worker")) == 3
+
+
+def test_failed_generation_keeps_the_old_one(tmp_path: Path) -> None:
+    port, pid_file, envdir = free_port(), tmp_path / "pid", tmp_path / "env"
+    envdir.mkdir()
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}",
+            f"--envdir={envdir}", "--backoff-max=60", "--", *EXAMPLE_APP]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"is ready")
+        (envdir / "EXAMPLE_APP_FAIL").write_text("broken deploy\n")
+        result = restart(pid_file)
+        assert result.returncode == 1
+        assert "generation 2 failed to start" in result.stderr
+        assert "exit code 1" in result.stderr
+        assert "old generation keeps serving" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert generation_of(port) == 1
+        daemon.wait_for(r"refusing to start: broken deploy")
+        daemon.wait_for(r"new worker \d+ seems to have failed to start, exit status:256")
+        daemon.wait_for(r"retrying in 1s")
+        (envdir / "EXAMPLE_APP_FAIL").unlink()
+        result = restart(pid_file)
+        assert result.returncode == 0, result.stderr
+        assert generation_of(port) >= 3
+
+
+def test_require_notify_times_out_a_hanging_generation(tmp_path: Path) -> None:
+    port, pid_file, envdir = free_port(), tmp_path / "pid", tmp_path / "env"
+    envdir.mkdir()
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}",
+            f"--envdir={envdir}", "--require-notify", "--ready-timeout=2", "--", *EXAMPLE_APP]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"is ready \(READY=1\)")
+        (envdir / "EXAMPLE_APP_BOOT_SECONDS").write_text("600\n")
+        result = restart(pid_file)
+        assert result.returncode == 1
+        assert "no READY=1 within 2s" in result.stderr
+        assert generation_of(port) == 1
+        daemon.wait_for(r"failed to start, exit status:9 \(killed by SIGKILL\)")
+
+
+def test_worker_binding_the_port_itself_is_explained(tmp_path: Path) -> None:
+    port = free_port()
+    binds_itself = [sys.executable, str(ROOT / "tests" / "workers" / "binds_itself.py")]
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *binds_itself]
+    with running(argv, env=worker_env(PORT_TO_BIND=str(port))) as daemon:
+        daemon.wait_for(r"Address already in use")
+        daemon.wait_for(r"hint: .* binds the port itself")
+        daemon.wait_for(r"retrying in 1s")
+        daemon.wait_for(r"retrying in 2s", timeout=10)
+        # Nothing serves, but the socket is held: connections wait, none is refused.
+        assert daemon.proc.poll() is None
+
+
+def test_first_unexpected_death_respawns_at_once(tmp_path: Path) -> None:
+    port = free_port()
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"is ready")
+        _, headers, _ = http_get(port)
+        import os
+        import signal
+
+        os.kill(int(headers["x-worker-pid"]), signal.SIGKILL)
+        daemon.wait_for(r"died unexpectedly with status:9 \(killed by SIGKILL\), restarting")
+        daemon.wait_for(r"\(generation 2\) is ready")
+        assert generation_of(port) == 2
