@@ -1,0 +1,100 @@
+"""Stopping: drains in-flight requests, kills what ignores its signal, and
+never orphans a worker whatever signal ends the superdaemon."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+from support import (
+    EXAMPLE_APP,
+    REPORTER,
+    START_SERVER,
+    free_port,
+    pid_alive,
+    running,
+    wait_for_reports,
+    worker_env,
+)
+
+
+def test_stop_drains_a_request_in_flight(tmp_path: Path) -> None:
+    port, pid_file, status_file = free_port(), tmp_path / "pid", tmp_path / "status"
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}",
+            f"--status-file={status_file}", "--", *EXAMPLE_APP]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"is ready")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"GET /slow HTTP/1.0\r\n\r\n")
+            received = b""
+            while b"Hello, " not in received:  # the handler has flushed and is now sleeping
+                chunk = client.recv(4096)
+                assert chunk, received
+                received += chunk
+            daemon.signal(signal.SIGTERM)
+            while chunk := client.recv(4096):
+                received += chunk
+        assert received.startswith(b"HTTP/1.0 200")
+        assert received.endswith(b"Hello, Python!\n")
+        assert daemon.wait() == 0
+        daemon.wait_for(r"^exiting$")
+    assert not pid_file.exists()
+    assert not status_file.exists()
+
+
+def test_worker_ignoring_term_is_killed_after_the_stop_timeout(tmp_path: Path) -> None:
+    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", "--stop-timeout=1", "--",
+            *REPORTER]
+    with running(argv, env=worker_env(REPORT_DIR=str(tmp_path), REPORTER_IGNORE="TERM")) as d:
+        (worker,) = wait_for_reports(tmp_path, 1)
+        d.wait_for(r"is ready")
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+        d.wait_for(r"still running 1s after its signal, sending KILL")
+        d.wait_for(r"worker \d+ died, status:9 \(killed by SIGKILL\)")
+    assert not pid_alive(worker["pid"])
+
+
+def test_old_generation_ignoring_its_signal_is_killed(tmp_path: Path) -> None:
+    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", "--stop-timeout=1",
+            "--interval=0.2", "--", *REPORTER]
+    with running(argv, env=worker_env(REPORT_DIR=str(tmp_path), REPORTER_IGNORE="TERM")) as d:
+        d.wait_for(r"is ready")
+        d.signal(signal.SIGHUP)
+        d.wait_for(r"\(generation 2\) is ready")
+        d.wait_for(r"worker \d+ \(generation 1\) still running 1s after its signal, sending KILL")
+        d.wait_for(r"^old worker \d+ died, status:9")
+        assert d.proc.poll() is None
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGQUIT, signal.SIGTERM])
+def test_no_signal_orphans_a_worker(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    sock_path = tmp_path / "app.sock"
+    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", f"--path={sock_path}", "--",
+            *REPORTER]
+    with running(argv, env=worker_env(REPORT_DIR=str(tmp_path))) as daemon:
+        (worker,) = wait_for_reports(tmp_path, 1)
+        daemon.wait_for(r"is ready")
+        assert sock_path.is_socket()
+        daemon.signal(stop_signal)
+        assert daemon.wait() == 0
+        name = stop_signal.name.removeprefix("SIG")
+        daemon.wait_for(rf"^received {name}, sending TERM to all workers:{worker['pid']}$")
+    assert not pid_alive(worker["pid"])
+    assert not sock_path.exists(), "the unix socket start_server created is removed"
+
+
+def test_stop_command_waits_for_exit(tmp_path: Path) -> None:
+    import subprocess
+
+    pid_file = tmp_path / "pid"
+    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", f"--pid-file={pid_file}", "--",
+            *REPORTER]
+    with running(argv, env=worker_env(REPORT_DIR=str(tmp_path))) as daemon:
+        daemon.wait_for(r"is ready")
+        result = subprocess.run([START_SERVER, "--stop", f"--pid-file={pid_file}"],
+                                capture_output=True, text=True, timeout=30, check=False)
+        assert result.returncode == 0, result.stderr
+        assert daemon.proc.poll() is not None, "--stop returned before start_server exited"
