@@ -183,8 +183,15 @@ def pid_alive(pid: int) -> bool:
 
 def worker_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
-    for name in ("JOURNAL_STREAM", "INVOCATION_ID", "ENVDIR", "KILL_OLD_DELAY",
-                 "ENABLE_AUTO_RESTART", "AUTO_RESTART_INTERVAL", "RUNTIME_DIRECTORY"):
+    for name in (
+        "JOURNAL_STREAM",
+        "INVOCATION_ID",
+        "ENVDIR",
+        "KILL_OLD_DELAY",
+        "ENABLE_AUTO_RESTART",
+        "AUTO_RESTART_INTERVAL",
+        "RUNTIME_DIRECTORY",
+    ):
         env.pop(name, None)
     env.update(extra)
     return env

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from support import (
     EXAMPLE_APP,
     REPORTER,
@@ -27,9 +28,7 @@ ACTIVATE = shutil.which("systemd-socket-activate")
 pytestmark = pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate not installed")
 
 
-def _activate(
-    listen: list[str], names: str | None, argv: list[str], **setenv: str
-) -> list[str]:
+def _activate(listen: list[str], names: str | None, argv: list[str], **setenv: str) -> list[str]:
     """systemd-socket-activate passes only LISTEN_* and the variables it is told."""
     assert ACTIVATE is not None
     command = [ACTIVATE, *(f"--listen={address}" for address in listen)]
@@ -51,8 +50,12 @@ def _poke(port: int) -> None:
 
 def test_named_tcp_and_unix_sockets_are_adopted(tmp_path: Path) -> None:
     specific, wildcard, path = free_port(), free_port(), tmp_path / "admin.sock"
-    argv = _activate([f"127.0.0.1:{specific}", str(wildcard), str(path)], "web:any:admin",
-                     [START_SERVER, "--", *REPORTER], REPORT_DIR=str(tmp_path))
+    argv = _activate(
+        [f"127.0.0.1:{specific}", str(wildcard), str(path)],
+        "web:any:admin",
+        [START_SERVER, "--", *REPORTER],
+        REPORT_DIR=str(tmp_path),
+    )
     with running(argv, env=worker_env()) as daemon:
         _listening(daemon, 3)
         _poke(specific)
@@ -64,9 +67,7 @@ def test_named_tcp_and_unix_sockets_are_adopted(tmp_path: Path) -> None:
         assert daemon.wait() == 0
     for report in (first, second):
         env = report["env"]
-        assert env["SERVER_STARTER_PORT"] == (
-            f"127.0.0.1:{specific}=3;{wildcard}=4;{path}=5"
-        )
+        assert env["SERVER_STARTER_PORT"] == (f"127.0.0.1:{specific}=3;{wildcard}=4;{path}=5")
         assert env["LISTEN_FDNAMES"] == "web:any:admin"
         for name in ("LISTEN_PID", "LISTEN_FDS"):
             assert name not in env
@@ -92,14 +93,16 @@ def test_example_app_serves_through_an_activated_socket(tmp_path: Path) -> None:
 
 def test_port_options_must_match_inherited_sockets(tmp_path: Path) -> None:
     port = free_port()
-    matching = _activate([f"127.0.0.1:{port}"], None,
-                         [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP])
+    matching = _activate(
+        [f"127.0.0.1:{port}"], None, [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP]
+    )
     with running(matching, env=worker_env()) as daemon:
         _listening(daemon, 1)
         assert http_get(port)[0] == 200
     other = free_port()
-    wrong = _activate([f"127.0.0.1:{port}"], None,
-                      [START_SERVER, f"--port={other}", "--", *EXAMPLE_APP])
+    wrong = _activate(
+        [f"127.0.0.1:{port}"], None, [START_SERVER, f"--port={other}", "--", *EXAMPLE_APP]
+    )
     with running(wrong, env=worker_env()) as daemon:
         _listening(daemon, 1)
         _poke(port)
@@ -140,9 +143,14 @@ def test_hostile_listen_variables_are_one_line_errors(
     # LISTEN_PID must be start_server's own pid: exec through a shell that sets it.
     exports = " ".join(f"{k}={v}" for k, v in variables.items())
     script = f'LISTEN_PID=$$ {exports} exec "$@"'
-    result = subprocess.run(["sh", "-c", script, "sh", START_SERVER, "--", *EXAMPLE_APP],
-                            capture_output=True, text=True, timeout=30, env=worker_env(),
-                            check=False)
+    result = subprocess.run(
+        ["sh", "-c", script, "sh", START_SERVER, "--", *EXAMPLE_APP],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=worker_env(),
+        check=False,
+    )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
 
@@ -151,8 +159,13 @@ def test_a_non_socket_descriptor_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("")
     script = f'exec 3<"{target}"; LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
-    result = subprocess.run(["sh", "-c", script, "sh", START_SERVER, "--", *EXAMPLE_APP],
-                            capture_output=True, text=True, timeout=30, env=worker_env(),
-                            check=False)
+    result = subprocess.run(
+        ["sh", "-c", script, "sh", START_SERVER, "--", *EXAMPLE_APP],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=worker_env(),
+        check=False,
+    )
     assert result.returncode == 1
     assert result.stderr == "start_server: descriptor 3 from LISTEN_FDS is not a socket\n"

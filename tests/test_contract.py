@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from support import (
     PERL_START_SERVER,
     REPORTER,
@@ -19,14 +20,16 @@ from support import (
     pid_alive,
     running,
     signals_received,
-    worker_env,
     wait_for_reports,
+    worker_env,
 )
 
 pytestmark = pytest.mark.perl
 
 if not os.path.exists(PERL_START_SERVER):
-    pytest.skip("Perl start_server (libserver-starter-perl) is not installed", allow_module_level=True)
+    pytest.skip(
+        "Perl start_server (libserver-starter-perl) is not installed", allow_module_level=True
+    )
 
 
 def _ipv6_loopback() -> bool:
@@ -54,8 +57,15 @@ def _scenario(
     """Start, HUP twice, TERM; return what the workers and files showed."""
     out.mkdir()
     status_file = out / "status"
-    argv = [program, *(f"--port={p}" for p in ports), *(f"--path={p}" for p in paths),
-            f"--status-file={status_file}", *extra, "--", *REPORTER]
+    argv = [
+        program,
+        *(f"--port={p}" for p in ports),
+        *(f"--path={p}" for p in paths),
+        f"--status-file={status_file}",
+        *extra,
+        "--",
+        *REPORTER,
+    ]
     env = worker_env(REPORT_DIR=str(out))
     result: dict[str, Any] = {}
     with running(argv, env=env) as daemon:
@@ -144,8 +154,13 @@ def test_perl_variables_and_envdir_reach_workers(
     compared: tuple[dict[str, Any], dict[str, Any]],
 ) -> None:
     perl, ours = compared
-    names = ("ENVDIR", "KILL_OLD_DELAY", "ENABLE_AUTO_RESTART", "AUTO_RESTART_INTERVAL",
-             "APP_SETTING")
+    names = (
+        "ENVDIR",
+        "KILL_OLD_DELAY",
+        "ENABLE_AUTO_RESTART",
+        "AUTO_RESTART_INTERVAL",
+        "APP_SETTING",
+    )
     for report_p, report_o in zip(perl["workers"], ours["workers"], strict=True):
         seen_p = {n: report_p["env"].get(n) for n in names}
         seen_o = {n: report_o["env"].get(n) for n in names}
@@ -170,8 +185,10 @@ def test_perl_log_lines_kept(compared: tuple[dict[str, Any], dict[str, Any]]) ->
         r"^socket is duplicated to file descriptor 9$",
     ):
         for result in (perl, ours):
-            assert any(re.search(pattern, line)
-                       for line in result["output"].splitlines()), (pattern, result["output"])
+            assert any(re.search(pattern, line) for line in result["output"].splitlines()), (
+                pattern,
+                result["output"],
+            )
 
 
 def test_only_listeners_and_stdio_are_inherited(
@@ -189,8 +206,14 @@ def test_signal_on_hup_is_configurable(tmp_path: Path) -> None:
     for name, program in (("perl", PERL_START_SERVER), ("ours", START_SERVER)):
         out = tmp_path / name
         out.mkdir()
-        argv = [program, f"--port=127.0.0.1:{free_port()}", "--signal-on-hup=USR1",
-                "--signal-on-term=INT", "--", *REPORTER]
+        argv = [
+            program,
+            f"--port=127.0.0.1:{free_port()}",
+            "--signal-on-hup=USR1",
+            "--signal-on-term=INT",
+            "--",
+            *REPORTER,
+        ]
         with running(argv, env=worker_env(REPORT_DIR=str(out))) as daemon:
             wait_for_reports(out, 1)
             daemon.wait_for("starting new worker")

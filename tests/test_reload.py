@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from support import (
     EXAMPLE_APP,
     ROOT,
@@ -24,7 +25,10 @@ from support import (
 def restart(pid_file: Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [START_SERVER, "--restart", f"--pid-file={pid_file}"],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -111,8 +115,15 @@ def test_hup_during_reload_is_coalesced(tmp_path: Path) -> None:
 def test_failed_generation_keeps_the_old_one(tmp_path: Path) -> None:
     port, pid_file, envdir = free_port(), tmp_path / "pid", tmp_path / "env"
     envdir.mkdir()
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}",
-            f"--envdir={envdir}", "--backoff-max=60", "--", *EXAMPLE_APP]
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--pid-file={pid_file}",
+        f"--envdir={envdir}",
+        "--backoff-max=60",
+        "--",
+        *EXAMPLE_APP,
+    ]
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"is ready")
         (envdir / "EXAMPLE_APP_FAIL").write_text("broken deploy\n")
@@ -135,8 +146,16 @@ def test_failed_generation_keeps_the_old_one(tmp_path: Path) -> None:
 def test_require_notify_times_out_a_hanging_generation(tmp_path: Path) -> None:
     port, pid_file, envdir = free_port(), tmp_path / "pid", tmp_path / "env"
     envdir.mkdir()
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}",
-            f"--envdir={envdir}", "--require-notify", "--ready-timeout=2", "--", *EXAMPLE_APP]
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--pid-file={pid_file}",
+        f"--envdir={envdir}",
+        "--require-notify",
+        "--ready-timeout=2",
+        "--",
+        *EXAMPLE_APP,
+    ]
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"is ready \(READY=1\)")
         (envdir / "EXAMPLE_APP_BOOT_SECONDS").write_text("600\n")

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+
 from support import (
     EXAMPLE_APP,
     REPORTER,
@@ -22,8 +23,14 @@ from support import (
 
 def test_stop_drains_a_request_in_flight(tmp_path: Path) -> None:
     port, pid_file, status_file = free_port(), tmp_path / "pid", tmp_path / "status"
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}",
-            f"--status-file={status_file}", "--", *EXAMPLE_APP]
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--pid-file={pid_file}",
+        f"--status-file={status_file}",
+        "--",
+        *EXAMPLE_APP,
+    ]
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"is ready")
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
@@ -45,8 +52,7 @@ def test_stop_drains_a_request_in_flight(tmp_path: Path) -> None:
 
 
 def test_worker_ignoring_term_is_killed_after_the_stop_timeout(tmp_path: Path) -> None:
-    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", "--stop-timeout=1", "--",
-            *REPORTER]
+    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", "--stop-timeout=1", "--", *REPORTER]
     with running(argv, env=worker_env(REPORT_DIR=str(tmp_path), REPORTER_IGNORE="TERM")) as d:
         (worker,) = wait_for_reports(tmp_path, 1)
         d.wait_for(r"is ready")
@@ -58,8 +64,14 @@ def test_worker_ignoring_term_is_killed_after_the_stop_timeout(tmp_path: Path) -
 
 
 def test_old_generation_ignoring_its_signal_is_killed(tmp_path: Path) -> None:
-    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", "--stop-timeout=1",
-            "--interval=0.2", "--", *REPORTER]
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{free_port()}",
+        "--stop-timeout=1",
+        "--interval=0.2",
+        "--",
+        *REPORTER,
+    ]
     with running(argv, env=worker_env(REPORT_DIR=str(tmp_path), REPORTER_IGNORE="TERM")) as d:
         d.wait_for(r"is ready")
         d.signal(signal.SIGHUP)
@@ -72,8 +84,7 @@ def test_old_generation_ignoring_its_signal_is_killed(tmp_path: Path) -> None:
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGQUIT, signal.SIGTERM])
 def test_no_signal_orphans_a_worker(tmp_path: Path, stop_signal: signal.Signals) -> None:
     sock_path = tmp_path / "app.sock"
-    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", f"--path={sock_path}", "--",
-            *REPORTER]
+    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", f"--path={sock_path}", "--", *REPORTER]
     with running(argv, env=worker_env(REPORT_DIR=str(tmp_path))) as daemon:
         (worker,) = wait_for_reports(tmp_path, 1)
         daemon.wait_for(r"is ready")
@@ -90,11 +101,21 @@ def test_stop_command_waits_for_exit(tmp_path: Path) -> None:
     import subprocess
 
     pid_file = tmp_path / "pid"
-    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", f"--pid-file={pid_file}", "--",
-            *REPORTER]
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{free_port()}",
+        f"--pid-file={pid_file}",
+        "--",
+        *REPORTER,
+    ]
     with running(argv, env=worker_env(REPORT_DIR=str(tmp_path))) as daemon:
         daemon.wait_for(r"is ready")
-        result = subprocess.run([START_SERVER, "--stop", f"--pid-file={pid_file}"],
-                                capture_output=True, text=True, timeout=30, check=False)
+        result = subprocess.run(
+            [START_SERVER, "--stop", f"--pid-file={pid_file}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         assert daemon.proc.poll() is not None, "--stop returned before start_server exited"

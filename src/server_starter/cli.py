@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from . import __version__
 from .control import ControlError, PidFile, control_socket_path, listen_control, request, stop
@@ -31,6 +28,10 @@ from .sockets import (
 )
 from .spawn import SpawnError
 from .supervisor import Config, Supervisor
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
+    from typing import NoReturn
 
 PROG = "start_server"
 EX_USAGE = 2
@@ -285,7 +286,11 @@ def _check_command(command: Sequence[str], directory: str | None, path: str | No
             raise UsageError(f"server program {program}: no such file")
         if not os.access(full, os.X_OK):
             raise UsageError(f"server program {program}: not executable")
-    elif shutil.which(program, path=path) is None:
+    elif not any(
+        os.access(os.path.join(d or ".", program), os.X_OK)
+        and os.path.isfile(os.path.join(d or ".", program))
+        for d in (path or os.defpath).split(os.pathsep)
+    ):
         raise UsageError(f"server program {program}: command not found in PATH")
 
 
@@ -295,6 +300,8 @@ def _redirect_output(log_file: str) -> None:
     sys.stderr.flush()
     stripped = log_file.lstrip()
     if stripped.startswith("|"):
+        import subprocess  # only here: it costs the resident superdaemon ~2 MB
+
         try:
             pipe = subprocess.Popen(
                 stripped[1:].strip(), shell=True, stdin=subprocess.PIPE, start_new_session=False
@@ -316,15 +323,24 @@ def _redirect_output(log_file: str) -> None:
     os.close(fd)
 
 
-def _daemonize() -> None:
+def _daemonize() -> int:
+    """fork, setsid, fork, as Perl does; but the foreground process waits
+    until the daemon is set up (pid file, control socket) and exits 0 only
+    then, so whoever ran it may use those at once.  Returns the descriptor
+    the daemon writes to when it is set up."""
+    ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
     if os.fork() != 0:
-        os._exit(0)
+        os.close(ready_write)
+        started = os.read(ready_read, 1) == b"1"
+        os._exit(0 if started else EX_FAILURE)
+    os.close(ready_read)
     os.setsid()
     if os.fork() != 0:
         os._exit(0)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+    return ready_write
 
 
 def _open_listeners(args: argparse.Namespace) -> tuple[list[Listener], str | None, bool]:
@@ -381,8 +397,7 @@ def run(argv: Sequence[str]) -> int:
         systemd_socket = environ.pop("NOTIFY_SOCKET", None) or None
         if args.log_file is not None:
             _redirect_output(args.log_file)
-        if args.daemonize:
-            _daemonize()
+        daemon_ready = _daemonize() if args.daemonize else None
         pid_file = PidFile(args.pid_file) if args.pid_file else None
         if pid_file is not None:
             pid_file.create()
@@ -406,6 +421,9 @@ def run(argv: Sequence[str]) -> int:
             )
             log = EventLog(to_journal=args.log_file is None and under_systemd(environ))
             supervisor = Supervisor(config, listeners, log, environ, fd_names, systemd_socket)
+            if daemon_ready is not None:
+                os.write(daemon_ready, b"1")
+                os.close(daemon_ready)
             return supervisor.run()
         finally:
             if pid_file is not None:

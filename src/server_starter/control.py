@@ -21,9 +21,12 @@ import stat
 import struct
 import time
 from collections.abc import Iterable, Mapping
-from typing import IO
 
 from .sockets import socket_is_live
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO
 
 _UCRED = struct.Struct("3i")
 MAX_REQUEST = 256

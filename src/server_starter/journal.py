@@ -13,7 +13,10 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import TextIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 class Event(StrEnum):

@@ -10,11 +10,9 @@ of its own, so a worker's ``READY=1`` never reaches PID 1.
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import struct
 import time
-from dataclasses import dataclass
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _MAX_DATAGRAM = 4096
@@ -45,11 +43,13 @@ def monotonic_usec() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
-@dataclass(frozen=True)
 class Message:
-    sender_pid: int
-    sender_uid: int
-    fields: dict[str, str]
+    __slots__ = ("fields", "sender_pid", "sender_uid")
+
+    def __init__(self, sender_pid: int, sender_uid: int, fields: dict[str, str]) -> None:
+        self.sender_pid = sender_pid
+        self.sender_uid = sender_uid
+        self.fields = fields
 
 
 def parse(payload: bytes) -> dict[str, str]:
@@ -66,7 +66,7 @@ class NotifyReceiver:
     a random name, accepting messages only from our own user or root."""
 
     def __init__(self, label: str) -> None:
-        self.address = f"@server-starter/{os.getpid()}/{secrets.token_hex(8)}/{label}"
+        self.address = f"@server-starter/{os.getpid()}/{os.urandom(8).hex()}/{label}"
         self.sock = socket.socket(
             socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
         )

@@ -16,7 +16,6 @@ import resource
 import socket
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 SD_LISTEN_FDS_START = 3
 UNIX_PATH_MAX = 107  # sizeof(sun_path) - 1 for the terminating NUL
@@ -32,40 +31,66 @@ class SocketError(Exception):
     operator, one line."""
 
 
-@dataclass(frozen=True)
 class PortSpec:
     """One parsed ``--port`` value."""
 
-    key: str  # the SERVER_STARTER_PORT key: what the user typed, normalised as Perl does
-    host: str | None  # None: the IPv4 wildcard
-    port: int
-    udp: bool
-    fd: int | None  # pinned descriptor number (``=FD``)
+    # Plain classes rather than dataclasses here and elsewhere: dataclasses
+    # imports inspect, which costs the long-running superdaemon ~3 MB of RSS.
+    __slots__ = ("fd", "host", "key", "port", "udp")
+
+    def __init__(self, key: str, host: str | None, port: int, udp: bool, fd: int | None) -> None:
+        self.key = key  # the SERVER_STARTER_PORT key: as typed, normalised as Perl does
+        self.host = host  # None: the IPv4 wildcard
+        self.port = port
+        self.udp = udp
+        self.fd = fd  # pinned descriptor number (``=FD``)
+
+    def _fields(self) -> tuple[str, str | None, int, bool, int | None]:
+        return (self.key, self.host, self.port, self.udp, self.fd)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PortSpec) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "PortSpec" + repr(self._fields())
 
     @property
     def ipv6(self) -> bool:
         return self.host is not None and ":" in self.host
 
 
-@dataclass(frozen=True)
 class PathSpec:
     """One ``--path`` value: a unix stream socket."""
 
-    path: str
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
     @property
     def key(self) -> str:
         return self.path
 
 
-@dataclass
 class Listener:
     """A listening socket the superdaemon holds for its workers."""
 
-    key: str
-    sock: socket.socket
-    name: str | None = None  # systemd's FileDescriptorName=
-    created_path: str | None = None  # a unix socket path we bound and must remove at exit
+    __slots__ = ("created_path", "key", "name", "sock")
+
+    def __init__(
+        self,
+        key: str,
+        sock: socket.socket,
+        name: str | None = None,
+        created_path: str | None = None,
+    ) -> None:
+        self.key = key
+        self.sock = sock
+        self.name = name  # systemd's FileDescriptorName=
+        self.created_path = created_path  # a unix socket path we bound: removed at exit
 
     @property
     def fd(self) -> int:

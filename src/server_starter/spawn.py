@@ -12,7 +12,6 @@ import os
 import resource
 import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 # Signals whose disposition Python changes at start-up; a worker must get the
 # defaults (an app that inherits SIGPIPE ignored behaves differently).
@@ -33,10 +32,12 @@ class SpawnError(Exception):
     """The command could not be started at all (exec or chdir failed)."""
 
 
-@dataclass
 class Process:
-    pid: int
-    pidfd: int  # readable once the process has exited
+    __slots__ = ("pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd  # readable once the process has exited
 
 
 def _close_all_but(keep: Sequence[int]) -> None:

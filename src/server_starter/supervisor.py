@@ -24,7 +24,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from . import notify
 from .control import peer_uid, write_status_file
@@ -50,22 +49,42 @@ class State(enum.Enum):
     DRAINING = "draining"
 
 
-@dataclass
 class Config:
-    command: Sequence[str]
-    interval: float = 1.0
-    signal_on_hup: signal.Signals = signal.SIGTERM
-    signal_on_term: signal.Signals = signal.SIGTERM
-    require_notify: bool = False
-    ready_timeout: float = 60.0
-    stop_timeout: float = 85.0  # below systemd's default TimeoutStopSec=90s
-    auto_restart_interval: float = 360.0  # used when AUTO_RESTART_INTERVAL is unset
-    backoff_max: float = 30.0
-    directory: str | None = None
-    status_file: str | None = None
-    control_socket: socket.socket | None = None
-    control_socket_path: str | None = None
-    remove_paths_on_exit: bool = True
+    """What the command line decided.  (Plain classes, not dataclasses: see
+    sockets.PortSpec.)"""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        interval: float = 1.0,
+        signal_on_hup: signal.Signals = signal.SIGTERM,
+        signal_on_term: signal.Signals = signal.SIGTERM,
+        require_notify: bool = False,
+        ready_timeout: float = 60.0,
+        stop_timeout: float = 85.0,  # below systemd's default TimeoutStopSec=90s
+        auto_restart_interval: float = 360.0,  # when AUTO_RESTART_INTERVAL is unset
+        backoff_max: float = 30.0,
+        directory: str | None = None,
+        status_file: str | None = None,
+        control_socket: socket.socket | None = None,
+        control_socket_path: str | None = None,
+        remove_paths_on_exit: bool = True,
+    ) -> None:
+        self.command = command
+        self.interval = interval
+        self.signal_on_hup = signal_on_hup
+        self.signal_on_term = signal_on_term
+        self.require_notify = require_notify
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.auto_restart_interval = auto_restart_interval
+        self.backoff_max = backoff_max
+        self.directory = directory
+        self.status_file = status_file
+        self.control_socket = control_socket
+        self.control_socket_path = control_socket_path
+        self.remove_paths_on_exit = remove_paths_on_exit
 
 
 class Waiter:
@@ -87,20 +106,30 @@ class Waiter:
         self._on_close(self)
 
 
-@dataclass
 class Generation:
-    number: int
-    process: Process
-    notifier: notify.NotifyReceiver
-    is_reload: bool
-    spawned_at: float
-    state: State = State.STARTING
-    ready_at: float | None = None
-    signal_at: float | None = None  # RETIRING: when to send --signal-on-hup
-    kill_at: float | None = None  # DRAINING: when to escalate to SIGKILL
-    signalled: bool = False
-    start_timed_out: bool = False
-    waiters: list[Waiter] = field(default_factory=list)
+    """One spawn of the server program and where it stands."""
+
+    def __init__(
+        self,
+        number: int,
+        process: Process,
+        notifier: notify.NotifyReceiver,
+        is_reload: bool,
+        spawned_at: float,
+        waiters: list[Waiter],
+    ) -> None:
+        self.number = number
+        self.process = process
+        self.notifier = notifier
+        self.is_reload = is_reload
+        self.spawned_at = spawned_at
+        self.waiters = waiters  # --restart clients to answer when this settles
+        self.state = State.STARTING
+        self.ready_at: float | None = None
+        self.signal_at: float | None = None  # RETIRING: when to send --signal-on-hup
+        self.kill_at: float | None = None  # DRAINING: when to escalate to SIGKILL
+        self.signalled = False
+        self.start_timed_out = False
 
     @property
     def pid(self) -> int:

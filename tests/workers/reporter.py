@@ -50,8 +50,14 @@ def on_signal(number: int, _frame: object) -> None:
 
 
 def main() -> None:
-    for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
-                   signal.SIGUSR1, signal.SIGUSR2):
+    for number in (
+        signal.SIGHUP,
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+    ):
         signal.signal(number, on_signal)
     fds = {}
     for entry in os.listdir("/proc/self/fd"):

@@ -1,0 +1,221 @@
+"""Bad input: one clear line, a non-zero exit, never a traceback; and a
+running superdaemon is never disturbed by a bad control command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import EXAMPLE_APP, START_SERVER, free_port, generation_of, running, worker_env
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [START_SERVER, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=worker_env(),
+        cwd=cwd,
+        check=False,
+    )
+
+
+APP = ["--", sys.executable, "-c", "pass"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port="], "invalid --port value ''"),
+        (["--port=0"], "port must be 1 to 65535"),
+        (["--port=65536"], "port must be 1 to 65535"),
+        (["--port=[::1:80"], "unbalanced brackets"),
+        (["--port=abc"], "invalid --port value 'abc'"),
+        (["--port=8080=1"], "descriptor 1 must be from 3"),
+        (["--port=127.0.0.1:{p}", "--port=127.0.0.1:{p}"], "is given twice"),
+        (["--port=127.0.0.1:{p}=9", "--port=127.0.0.1:{q}=9"], "descriptor 9 is pinned twice"),
+        (["--port=127.0.0.1:{p}=2"], "descriptor 2 must be from 3"),
+        (["--path=/tmp/" + "x" * 120], "longer than 107 bytes"),
+        (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+        (["--interval=soon"], "'soon' is not a number of seconds"),
+        (["--interval=-1"], "must be a non-negative number"),
+        (["--kill-old-delay=x"], "'x' is not a number of seconds"),
+        (["--backlog=0"], "'0' must be positive"),
+        (["--backlog=many"], "'many' is not a whole number"),
+        (["--stop-timeout=nan"], "must be a non-negative number"),
+        (["--signal-on-hup=NOPE"], "unknown signal 'NOPE'"),
+        (["--signal-on-term=SIGFOO"], "unknown signal 'SIGFOO'"),
+        (["--path-mode=999"], "not an octal mode"),
+        (["--ready-timeout=5"], "--ready-timeout applies only with --require-notify"),
+        (["--daemonize"], "--log-file option must be specified together with --daemonize"),
+        (["--port=8080"], "server program not specified"),
+        (["--stop"], "--stop option requires --pid-file"),
+        (["--restart"], "--restart needs --pid-file or --control-socket"),
+        (["--port=127.0.0.1:{p}", "--", "/no/such/program"], "/no/such/program: no such file"),
+        (["--port=127.0.0.1:{p}", "--", "no-such-command-xyz"], "command not found in PATH"),
+        (["--port=127.0.0.1:{p}", "--dir=/no/such/dir"], "--dir /no/such/dir: no such directory"),
+    ],
+)
+def test_bad_input_is_one_line(args: list[str], message: str) -> None:
+    p, q = free_port(), free_port()
+    args = [a.format(p=p, q=q) for a in args]
+    if (
+        "--" not in args
+        and not any(a in ("--stop", "--restart") for a in args)
+        and "server program not specified" not in message
+    ):
+        args += APP
+    result = run(*args)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("start_server: ") and message in result.stderr, result.stderr
+
+
+def test_not_executable_program(tmp_path: Path) -> None:
+    script = tmp_path / "app"
+    script.write_text("#!/bin/sh\n")
+    result = run(f"--port=127.0.0.1:{free_port()}", "--", str(script))
+    assert result.returncode == 2
+    assert result.stderr == f"start_server: server program {script}: not executable (see --help)\n"
+
+
+def test_port_in_use_and_non_socket_path(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run(f"--port=127.0.0.1:{port}", *APP)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"start_server: failed to bind to 127.0.0.1:{port}: Address already in use\n"
+    )
+    regular = tmp_path / "data"
+    regular.write_text("precious")
+    result = run(f"--path={regular}", *APP)
+    assert result.returncode == 1
+    assert "exists and is not a socket; refusing to remove it" in result.stderr
+    assert regular.read_text() == "precious"
+
+
+def test_pin_on_a_descriptor_already_open(tmp_path: Path) -> None:
+    with open(tmp_path / "f", "w") as held:
+        os.set_inheritable(held.fileno(), True)
+        fd = held.fileno()
+        result = subprocess.run(
+            [START_SERVER, f"--port=127.0.0.1:{free_port()}={fd}", *APP],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=worker_env(),
+            pass_fds=[fd],
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.endswith(f"to descriptor {fd}: it is already open\n")
+
+
+def test_bad_environment_values() -> None:
+    env = worker_env(KILL_OLD_DELAY="later")
+    result = subprocess.run(
+        [START_SERVER, f"--port=127.0.0.1:{free_port()}", *APP],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("start_server: KILL_OLD_DELAY: 'later' is not a number")
+
+
+def test_version_and_help() -> None:
+    from server_starter import __version__
+
+    assert run("--version").stdout == f"{__version__}\n"
+    help_text = run("--help").stdout
+    for option in (
+        "--port",
+        "--path",
+        "--dir",
+        "--interval",
+        "--signal-on-hup",
+        "--signal-on-term",
+        "--pid-file",
+        "--status-file",
+        "--envdir",
+        "--log-file",
+        "--daemonize",
+        "--enable-auto-restart",
+        "--auto-restart-interval",
+        "--kill-old-delay",
+        "--backlog",
+        "--restart",
+        "--stop",
+        "--require-notify",
+    ):
+        assert option in help_text
+
+
+def test_restart_with_nobody_listening_fails_clearly(tmp_path: Path) -> None:
+    result = run("--restart", f"--pid-file={tmp_path / 'pid'}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("start_server: cannot reach start_server at ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_bad_control_request_leaves_the_generation_serving(tmp_path: Path) -> None:
+    import socket
+
+    port, control = free_port(), tmp_path / "control.sock"
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--control-socket={control}",
+        "--",
+        *EXAMPLE_APP,
+    ]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"is ready")
+        assert oct(control.stat().st_mode & 0o777) == "0o600"
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(10)
+            client.connect(str(control))
+            client.sendall(b"rm -rf /\n")
+            assert client.recv(200) == b"error unknown request 'rm -rf /'\n"
+        assert generation_of(port) == 1
+        result = run("--restart", f"--control-socket={control}")
+        assert result.returncode == 0, result.stderr
+        assert generation_of(port) == 2
+
+
+def test_log_file_and_daemonize(tmp_path: Path) -> None:
+    port, log, pid_file = free_port(), tmp_path / "log", tmp_path / "pid"
+    result = run(
+        f"--port=127.0.0.1:{port}",
+        f"--log-file={log}",
+        "--daemonize",
+        f"--pid-file={pid_file}",
+        "--",
+        *EXAMPLE_APP,
+    )
+    # The foreground process returns once the daemon has written its pid file.
+    assert result.returncode == 0, result.stderr
+    try:
+        daemon_pid = int(pid_file.read_text())
+        assert daemon_pid != os.getpid()
+        restarted = run("--restart", f"--pid-file={pid_file}")
+        assert restarted.returncode == 0, restarted.stderr
+        assert generation_of(port) == 2
+        assert "starting new worker" in log.read_text()
+    finally:
+        stop = run("--stop", f"--pid-file={pid_file}")
+        assert stop.returncode == 0, stop.stderr
+    assert "exiting" in log.read_text()

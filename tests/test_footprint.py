@@ -1,0 +1,55 @@
+"""An idle superdaemon makes no wake-ups, and is no bigger than Perl's."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from support import EXAMPLE_APP, PERL_START_SERVER, START_SERVER, free_port, running, worker_env
+
+IDLE_WINDOW = 5.0  # seconds of observation; the assertion is a count, not a duration
+
+
+def _status(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+            fields[name] = int(value.split()[0])
+    return fields
+
+
+def _wait_until_blocked_in_epoll(pid: int, timeout: float = 10.0) -> None:
+    """The ready line is logged mid-iteration; the loop then goes back to
+    epoll_wait, which itself counts one voluntary switch.  Start counting
+    only once it sits there."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/wchan").read_text() != "do_epoll_wait":
+        assert time.monotonic() < deadline, "the superdaemon never went idle"
+        time.sleep(0.01)
+
+
+def test_idle_superdaemon_never_wakes_up() -> None:
+    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", "--", *EXAMPLE_APP]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"is ready")
+        _wait_until_blocked_in_epoll(daemon.pid)
+        before = _status(daemon.pid)
+        time.sleep(IDLE_WINDOW)  # the measurement window itself
+        after = _status(daemon.pid)
+    assert after["voluntary_ctxt_switches"] == before["voluntary_ctxt_switches"]
+
+
+@pytest.mark.skipif(not os.path.exists(PERL_START_SERVER), reason="Perl start_server missing")
+def test_resident_memory_at_most_perls() -> None:
+    rss = {}
+    for name, program in (("perl", PERL_START_SERVER), ("ours", START_SERVER)):
+        argv = [program, f"--port=127.0.0.1:{free_port()}", "--", *EXAMPLE_APP]
+        with running(argv, env=worker_env()) as daemon:
+            daemon.wait_for(r"starting new worker")
+            daemon.signal(1)  # one reload, so both have run their whole reload path
+            daemon.wait_for(r"^old worker \d+ died")
+            rss[name] = _status(daemon.pid)["VmRSS"]
+    assert rss["ours"] <= rss["perl"], rss
