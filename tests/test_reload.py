@@ -85,10 +85,11 @@ def test_reloads_under_load_fail_no_request(tmp_path: Path, path: str) -> None:
                 assert result.returncode == 0, result.stderr
                 assert f"generation {number + 2} is serving" in result.stderr
         daemon.wait_for(r"^old worker \d+ died", count=reloads)
+        assert generation_of(port) == reloads + 1
     assert load.failures == [], load.failures[:5]
     assert load.total() > 100
     seen = sorted(load.generations)
-    assert seen[-1] == reloads + 1
+    assert seen[0] == 1 and seen[-1] <= reloads + 1
     assert len(seen) >= reloads // 2, f"too few generations answered: {seen}"
 
 
