@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from support import EXAMPLE_APP, PERL_START_SERVER, START_SERVER, free_port, running, worker_env
 
 IDLE_WINDOW = 5.0  # seconds of observation; the assertion is a count, not a duration
