@@ -164,6 +164,19 @@ def wait_for_reports(directory: Path, count: int, timeout: float = 20.0) -> list
         time.sleep(0.05)
 
 
+def wait_for_file(path: Path, predicate: Any, timeout: float = 10.0) -> str:
+    """Bounded wait until ``predicate(text)`` holds for a file another process
+    writes (Perl updates its status file after logging, with no other sign)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if predicate(text):
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} never satisfied the condition; it holds {text!r}")
+        time.sleep(0.02)
+
+
 def signals_received(directory: Path, pid: int) -> list[str]:
     path = directory / f"signals-{pid}.log"
     return path.read_text().split() if path.exists() else []

@@ -20,6 +20,7 @@ from support import (
     pid_alive,
     running,
     signals_received,
+    wait_for_file,
     wait_for_reports,
     worker_env,
 )
@@ -75,7 +76,7 @@ def _scenario(
             daemon.signal(signal.SIGHUP)
             daemon.wait_for(r"^old worker \d+ died", count=round_)
         workers = wait_for_reports(out, 3)
-        result["status"] = status_file.read_text()
+        result["status"] = wait_for_file(status_file, lambda text: text.count("\n") == 1)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
         daemon.wait_for(r"^exiting$")
