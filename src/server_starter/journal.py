@@ -35,8 +35,14 @@ class Event(StrEnum):
 ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
 
 
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
 def under_systemd(environ: Mapping[str, str]) -> bool:
-    return "JOURNAL_STREAM" in environ or "INVOCATION_ID" in environ
+    """Run by systemd, with a journal to write to.  (libsystemd drops entries
+    silently when journald is not running, so its socket must exist.)"""
+    started_by_systemd = "JOURNAL_STREAM" in environ or "INVOCATION_ID" in environ
+    return started_by_systemd and os.path.exists(JOURNAL_SOCKET)
 
 
 JournalSend = Callable[..., None]
