@@ -4,7 +4,13 @@
 # missing.
 set -eu
 
+# Runtime and tests: Debian's python3 with python3-systemd, Perl's
+# start_server to compare with, ab for load, systemd-socket-activate.
 SYSTEM_PACKAGES="python3 python3-venv python3-systemd libserver-starter-perl apache2-utils curl systemd"
+# make deb: building the packages offline, and checking them.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES dpkg-dev debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian"
+# End-to-end tests: a bookworm root file system booted with systemd-nspawn.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES systemd-container debootstrap"
 
 missing=""
 for pkg in $SYSTEM_PACKAGES; do

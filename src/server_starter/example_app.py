@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -71,8 +72,9 @@ class Server(ThreadingHTTPServer):
     block_on_close = True
 
     def __init__(self, sock: socket.socket) -> None:
-        super().__init__(("", 0), Handler, bind_and_activate=False)
-        self.socket.close()
+        # BaseServer's set-up only: TCPServer's would create a socket of its
+        # own, which a unit with RestrictAddressFamilies=AF_UNIX forbids.
+        socketserver.BaseServer.__init__(self, sock.getsockname(), Handler)
         self.socket = sock
         self.address_family = sock.family
         # select() then accept(): another generation may win the race for a

@@ -1,0 +1,197 @@
+"""A real systemd 252 for end-to-end tests: a Debian bookworm root file system
+(built once with debootstrap and cached, keyed by its package list), booted
+with systemd-nspawn on a throw-away overlay, driven with nsenter.
+
+It shares the host's network namespace, so a load generator on the host
+reaches the container's sockets on 127.0.0.1.  Every wait is bounded, and
+the container is always powered off, or killed, at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+SUITE = "bookworm"
+MIRROR = os.environ.get("SERVER_STARTER_TEST_MIRROR", "http://deb.debian.org/debian")
+# What the root file system holds before our packages: systemd to boot, and
+# every dependency of our .debs, so `apt install ./x.deb` needs no network.
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "python3",
+    "python3-systemd",
+    "python3-gunicorn",
+    "libserver-starter-perl",
+)
+CACHE = Path(os.environ.get("SERVER_STARTER_TEST_CACHE", "/var/cache/server-starter-tests"))
+PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class MachineError(Exception):
+    pass
+
+
+def rootfs() -> Path:
+    """The cached root file system, built on first use (about a minute)."""
+    key = hashlib.sha256("\n".join((SUITE, MIRROR, *PACKAGES)).encode()).hexdigest()[:16]
+    root = CACHE / f"{SUITE}-{key}"
+    if (root / "usr" / "lib" / "systemd" / "systemd").exists():
+        return root
+    CACHE.mkdir(parents=True, exist_ok=True)
+    building = CACHE / f".building-{os.getpid()}"
+    shutil.rmtree(building, ignore_errors=True)
+    command = [
+        "debootstrap",
+        "--variant=minbase",
+        f"--include={','.join(PACKAGES)}",
+        SUITE,
+        str(building),
+        MIRROR,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    if result.returncode != 0:
+        shutil.rmtree(building, ignore_errors=True)
+        raise MachineError(f"debootstrap failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    # apt in the container installs local .debs only: no lists, no network.
+    (building / "etc" / "apt" / "sources.list").write_text("")
+    building.rename(root)
+    return root
+
+
+class Machine:
+    """A booted container.  ``run`` executes a command inside it."""
+
+    def __init__(self, root: Path, binds: Sequence[tuple[Path, str]], log: Path) -> None:
+        self.name = f"sst-{os.getpid()}"
+        self.log = log
+        command = [
+            "systemd-nspawn",
+            "-D",
+            str(root),
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "-M",
+            self.name,
+            "--volatile=overlay",
+            "--console=passive",
+        ]
+        command += [f"--bind-ro={host}:{inside}" for host, inside in binds]
+        with open(log, "w") as out:
+            self.nspawn = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self.leader = self._find_leader(timeout=30)
+            self.wait_running(timeout=90)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _find_leader(self, timeout: float) -> int:
+        # nspawn's child becomes the container's PID 1 once it execs systemd.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.nspawn.poll() is not None:
+                raise MachineError(f"systemd-nspawn exited:\n{self.log.read_text()[-3000:]}")
+            for pid in _children(self.nspawn.pid):
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
+                        return pid
+            time.sleep(0.05)
+        raise MachineError("the container's systemd did not start")
+
+    def wait_running(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.run(
+                "systemctl",
+                "is-system-running",
+                "--wait",
+                timeout=max(1.0, deadline - time.monotonic()),
+                check=False,
+            )
+            if result.stdout.strip() in ("running", "degraded"):
+                return
+            # Right after exec, PID 1 has no bus to answer on yet.
+            if "Failed to connect to bus" not in result.stderr or time.monotonic() > deadline:
+                raise MachineError(f"container did not boot: {result.stdout} {result.stderr}")
+            time.sleep(0.1)
+
+    def run(
+        self, *argv: str, timeout: float = 120, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        command = [
+            "nsenter",
+            "-t",
+            str(self.leader),
+            "-a",
+            "env",
+            "-i",
+            f"PATH={PATH}",
+            "LANG=C.UTF-8",
+            *argv,
+        ]
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, input=input, check=False
+        )
+        if check and result.returncode != 0:
+            raise MachineError(
+                f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def sh(
+        self, script: str, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run("sh", "-c", script, timeout=timeout, check=check)
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.run("systemctl", "show", unit, "-p", prop, "--value").stdout.strip()
+
+    def poweroff(self, timeout: float = 60) -> None:
+        if self.nspawn.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired, MachineError):
+                self.run("systemctl", "poweroff", "--no-block", timeout=20, check=False)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.nspawn.wait(timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        if self.nspawn.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.nspawn.pid, 9)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.nspawn.wait(30)
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                    found.append(int(entry.name))
+    return found
+
+
+@contextlib.contextmanager
+def booted(binds: Sequence[tuple[Path, str]], log: Path) -> Iterator[Machine]:
+    machine = Machine(rootfs(), binds, log)
+    try:
+        yield machine
+    finally:
+        machine.poweroff()

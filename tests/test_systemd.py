@@ -1,0 +1,370 @@
+"""End to end in a booted systemd 252: the .debs installed with apt, the app
+driven with systemctl and journalctl, real load from ab on the host.
+
+The tests run in file order against one container: installation first."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from machine import Machine, booted
+from support import ROOT, http_get
+
+pytestmark = [
+    pytest.mark.systemd,
+    pytest.mark.timeout(900),  # the first test also builds the .debs and the root file system
+    pytest.mark.skipif(os.geteuid() != 0, reason="booting a container needs root"),
+    pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="systemd-container missing"),
+]
+
+PORT = 8080  # app.socket's ListenStream=
+VERSION = subprocess.run(
+    ["dpkg-parsechangelog", "-l", str(ROOT / "packaging/debian/changelog"), "-S", "Version"],
+    capture_output=True,
+    text=True,
+    check=False,
+).stdout.strip()
+UPGRADE = f"{VERSION}+upgrade1"
+
+
+def report(capsys: pytest.CaptureFixture[str], line: str) -> None:
+    """Figures worth reading in the CI log."""
+    with capsys.disabled():
+        print(f"\n    [measured] {line}")
+
+
+class Ab:
+    """ab on the host against the container's socket, stopped with SIGINT
+    (ab then prints its results for what it did)."""
+
+    def __init__(self, concurrency: int = 200, path: str = "/") -> None:
+        self.proc = subprocess.Popen(
+            [
+                "ab",
+                "-r",
+                "-q",
+                "-c",
+                str(concurrency),
+                "-n",
+                "100000000",
+                "-t",
+                "300",
+                "-s",
+                "30",
+                f"http://127.0.0.1:{PORT}{path}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output = ""
+
+    def __enter__(self) -> Ab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        self.output, _ = self.proc.communicate(timeout=60)
+
+    def figure(self, name: str) -> int:
+        match = re.search(rf"^{name}:\s+(\d+)", self.output, re.M)
+        return int(match.group(1)) if match else 0
+
+    @property
+    def complete(self) -> int:
+        return self.figure("Complete requests")
+
+    @property
+    def failed(self) -> int:
+        return self.figure("Failed requests")
+
+    @property
+    def non_2xx(self) -> int:
+        return self.figure("Non-2xx responses")
+
+    @property
+    def refused(self) -> int:
+        match = re.search(r"\(Connect: (\d+)", self.output)
+        return int(match.group(1)) if match else 0
+
+    def keep_going(self, seconds: float) -> None:
+        """Let the load run on (a load duration, not a synchronisation)."""
+        time.sleep(seconds)
+
+    def wait_for_traffic(self, timeout: float = 30) -> None:
+        """Until ab's connections are being answered."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if http_get(PORT)[0] == 200:
+                return
+        raise AssertionError("no traffic")
+
+
+def build_debs(out: Path, version: str) -> None:
+    result = subprocess.run(
+        [str(ROOT / "scripts/build-deb.sh"), version],
+        env={**os.environ, "DIST_DIR": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("debs")
+    build_debs(out, VERSION)
+    build_debs(out, UPGRADE)
+    return out
+
+
+@pytest.fixture(scope="module")
+def machine(debs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    log = tmp_path_factory.mktemp("machine") / "console.log"
+    with booted([(debs, "/debs")], log) as booted_machine:
+        yield booted_machine
+
+
+def apt_install(machine: Machine, version: str) -> subprocess.CompletedProcess[str]:
+    return machine.run(
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        f"/debs/server-starter_{version}_all.deb",
+        f"/debs/server-starter-example_{version}_all.deb",
+        timeout=300,
+    )
+
+
+def generation(machine: Machine) -> int:
+    return int(http_get(PORT)[1]["x-server-starter-generation"])
+
+
+def journal(machine: Machine, *match: str) -> list[dict[str, str]]:
+    out = machine.run("journalctl", "-u", "app", "-o", "json", "--no-pager", *match).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_packages_are_lintian_clean(debs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if shutil.which("lintian") is None:
+        pytest.skip("lintian not installed")
+    result = subprocess.run(
+        ["lintian", "--no-tag-display-limit", *map(str, sorted(debs.glob(f"*_{VERSION}_all.deb")))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    tags = [line for line in result.stdout.splitlines() if re.match(r"^[EWI]: ", line)]
+    assert not [t for t in tags if t.startswith("E: ")], tags
+    report(capsys, f"lintian: {tags or 'no tags'}")
+
+
+def test_install_listens_and_activates_on_first_request(machine: Machine) -> None:
+    apt_install(machine, VERSION)
+    assert machine.run("systemctl", "is-active", "app.socket").stdout.strip() == "active"
+    inactive = machine.run("systemctl", "is-active", "app.service", check=False).stdout.strip()
+    assert inactive == "inactive", "installing must start only the socket"
+    status, headers, body = http_get(PORT, timeout=60)
+    assert (status, body) == (200, "Hello from a HandleFunc #1!\n")
+    assert headers["x-server-starter-generation"] == "1"
+    assert machine.run("systemctl", "is-active", "app.service").stdout.strip() == "active"
+
+
+def test_co_installs_with_perl_start_server(machine: Machine) -> None:
+    assert machine.run("start_server", "--version").stdout.strip() == VERSION.split("+")[0]
+    assert machine.run("start_server.perl", "--version").stdout.strip() == "0.35"
+    assert machine.run("server-starter", "--version").stdout.strip() == VERSION.split("+")[0]
+    diversions = machine.run("dpkg-divert", "--list", "/usr/bin/start_server").stdout
+    assert "to /usr/bin/start_server.perl by server-starter" in diversions
+
+
+def test_units_verify_and_are_hardened(
+    machine: Machine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    verify = machine.run(
+        "systemd-analyze",
+        "verify",
+        "--man=no",
+        "/lib/systemd/system/app.socket",
+        "/lib/systemd/system/app.service",
+    )
+    assert verify.stdout == verify.stderr == ""
+    security = machine.run("systemd-analyze", "security", "--no-pager", "app.service").stdout
+    match = re.search(r"Overall exposure level for app.service: ([\d.]+)", security)
+    assert match, security
+    assert float(match.group(1)) < 3.0
+    report(capsys, f"systemd-analyze security app.service: {match.group(1)}")
+
+
+def test_reload_under_load_fails_no_request(
+    machine: Machine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main_pid = machine.show("app", "MainPID")
+    first = generation(machine)
+    reloads, durations = 20, []
+    with Ab(concurrency=200) as ab:
+        ab.wait_for_traffic()
+        for number in range(1, reloads + 1):
+            started = time.monotonic()
+            machine.run("systemctl", "reload", "app")
+            durations.append(time.monotonic() - started)
+            # The reload returned: the new generation is the one serving.
+            status_text = machine.show("app", "StatusText")
+            assert status_text.startswith(f"generation {first + number} (pid "), status_text
+            assert machine.show("app", "MainPID") == main_pid
+    assert ab.complete > 1000, ab.output
+    assert (ab.failed, ab.non_2xx) == (0, 0), ab.output
+    assert generation(machine) == first + reloads
+    report(
+        capsys,
+        f"{reloads} x systemctl reload under ab -c 200: {ab.complete} requests, "
+        f"{ab.failed} failed, {ab.non_2xx} non-2xx; reload took "
+        f"{min(durations):.2f}-{max(durations):.2f}s",
+    )
+
+
+def test_failed_reload_reports_failure_and_keeps_serving(machine: Machine) -> None:
+    before = generation(machine)
+    machine.sh("echo 'broken deploy' > /etc/app/env/EXAMPLE_APP_FAIL")
+    try:
+        result = machine.run("systemctl", "reload", "app", check=False)
+        assert result.returncode != 0
+        assert machine.run("systemctl", "is-active", "app").stdout.strip() == "active"
+        assert generation(machine) == before
+        messages = [e["MESSAGE"] for e in journal(machine, "-n", "50")]
+        assert any("refusing to start: broken deploy" in m for m in messages), messages
+        failed = journal(machine, "SERVER_STARTER_EVENT=failed")
+        assert failed and failed[-1]["PRIORITY"] == "3"
+        assert "seems to have failed to start" in failed[-1]["MESSAGE"]
+        assert "failed to start, retrying in" in machine.show("app", "StatusText")
+    finally:
+        machine.sh("rm -f /etc/app/env/EXAMPLE_APP_FAIL")
+    machine.run("systemctl", "reload", "app")
+    assert generation(machine) > before
+
+
+def test_journal_is_the_restart_log(machine: Machine) -> None:
+    entries = journal(machine)
+    by_event: dict[str, list[dict[str, str]]] = {}
+    for entry in entries:
+        if "SERVER_STARTER_EVENT" in entry:
+            by_event.setdefault(entry["SERVER_STARTER_EVENT"], []).append(entry)
+    for event in ("spawn", "ready", "drain", "exit"):
+        worker_entries = [e for e in by_event.get(event, []) if "SERVER_STARTER_WORKER_PID" in e]
+        assert len(worker_entries) >= 20, (event, len(worker_entries))
+        for entry in worker_entries:
+            assert entry["SERVER_STARTER_GENERATION"].isdigit()
+            assert entry["SERVER_STARTER_WORKER_PID"].isdigit()
+    # Every generation that became ready was spawned, and one spawn per generation.
+    spawned = [e["SERVER_STARTER_GENERATION"] for e in by_event["spawn"]]
+    assert len(spawned) == len(set(spawned))
+    ready = {e["SERVER_STARTER_GENERATION"] for e in by_event["ready"]}
+    assert ready <= set(spawned)
+    reloads = journal(machine, "SERVER_STARTER_EVENT=reload")
+    assert len(reloads) >= 20
+    assert {e["SERVER_STARTER_EVENT"] for e in reloads} == {"reload"}
+
+
+def test_stop_completes_requests_in_flight(machine: Machine) -> None:
+    with socket.create_connection(("127.0.0.1", PORT), timeout=30) as client:
+        client.sendall(b"GET /slow HTTP/1.0\r\n\r\n")
+        received = b""
+        while b"Hello, " not in received:
+            chunk = client.recv(4096)
+            assert chunk, received
+            received += chunk
+        stopping = threading.Thread(target=machine.run, args=("systemctl", "stop", "app"))
+        stopping.start()
+        while chunk := client.recv(4096):
+            received += chunk
+        stopping.join(120)
+    assert received.endswith(b"Hello, Python!\n"), received
+    assert machine.run("systemctl", "is-active", "app", check=False).stdout.strip() == "inactive"
+    assert machine.show("app", "MainPID") == "0"
+    leftover = machine.sh(
+        "cat /sys/fs/cgroup/system.slice/app.service/cgroup.procs 2>/dev/null", check=False
+    ).stdout
+    assert leftover.strip() == ""
+    assert machine.run("systemctl", "is-active", "app.socket").stdout.strip() == "active"
+    assert generation(machine) == 1, "the next connection starts a fresh superdaemon"
+
+
+def test_restart_and_crash_refuse_no_connection(
+    machine: Machine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # /slow keeps about 200 requests in flight at every moment.
+    with Ab(concurrency=200, path="/slow") as restart_load:
+        restart_load.wait_for_traffic()
+        restart_load.keep_going(1)
+        machine.run("systemctl", "restart", "app")
+        restart_load.wait_for_traffic()
+        restart_load.keep_going(1)
+    with Ab(concurrency=200, path="/slow") as crash_load:
+        crash_load.wait_for_traffic()
+        crash_load.keep_going(1)
+        old_pid = machine.show("app", "MainPID")
+        machine.sh(f"kill -9 {old_pid}")
+        deadline = time.monotonic() + 60
+        while (
+            machine.show("app", "MainPID") in ("0", old_pid)
+            or machine.run("systemctl", "is-active", "app", check=False).stdout.strip() != "active"
+        ):
+            assert time.monotonic() < deadline, "systemd did not restart the service"
+            time.sleep(0.1)
+        crash_load.wait_for_traffic()
+        crash_load.keep_going(1)
+    for load in (restart_load, crash_load):
+        assert load.complete > 100, load.output
+        assert load.refused == 0, load.output
+    # A restart drains the old superdaemon's requests first: none fails.
+    assert restart_load.failed == 0, restart_load.output
+    report(
+        capsys,
+        f"systemctl restart under ab -c 200 /slow: {restart_load.complete} requests, "
+        f"{restart_load.failed} failed, {restart_load.refused} refused",
+    )
+    report(
+        capsys,
+        f"kill -9 of the superdaemon under ab -c 200 /slow: {crash_load.complete} "
+        f"requests, {crash_load.failed} failed (in flight), "
+        f"{crash_load.refused} refused",
+    )
+
+
+def test_upgrade_under_load_reloads_instead_of_restarting(
+    machine: Machine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main_pid = machine.show("app", "MainPID")
+    before = generation(machine)
+    with Ab(concurrency=200) as ab:
+        ab.wait_for_traffic()
+        apt_install(machine, UPGRADE)
+    assert (
+        machine.run("dpkg-query", "-W", "-f=${Version}", "server-starter-example").stdout == UPGRADE
+    )
+    assert machine.show("app", "MainPID") == main_pid, "the upgrade restarted the service"
+    assert generation(machine) == before + 1
+    assert ab.complete > 100, ab.output
+    assert (ab.failed, ab.non_2xx) == (0, 0), ab.output
+    report(
+        capsys,
+        f"apt install of the upgrade under ab -c 200: {ab.complete} requests, {ab.failed} failed",
+    )
