@@ -31,4 +31,4 @@ bench:
 	@exit 1
 
 clean:
-	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache .hypothesis demo.pid demo.status
+	rm -rf $(VENV) .venv-gunicorn dist build .mypy_cache .ruff_cache .pytest_cache .hypothesis demo.pid demo.status

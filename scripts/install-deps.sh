@@ -7,6 +7,8 @@ set -eu
 # Runtime and tests: Debian's python3 with python3-systemd, Perl's
 # start_server to compare with, ab for load, systemd-socket-activate.
 SYSTEM_PACKAGES="python3 python3-venv python3-systemd libserver-starter-perl apache2-utils curl systemd"
+# gunicorn as Debian ships it (20.1), tested beside the newest from PyPI.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-gunicorn"
 # make deb: building the packages offline, and checking them.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES dpkg-dev debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian"
 # End-to-end tests: a bookworm root file system booted with systemd-nspawn.
@@ -31,6 +33,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e . \
-        pytest pytest-timeout hypothesis ruff mypy
+        pytest pytest-timeout hypothesis ruff mypy uvicorn
     touch .venv/.installed
+fi
+# The newest gunicorn from PyPI, apart from Debian's (no system site-packages).
+if [ ! -x .venv-gunicorn/bin/python ]; then
+    /usr/bin/python3 -m venv .venv-gunicorn
+    .venv-gunicorn/bin/pip install -q --disable-pip-version-check gunicorn
 fi

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class Daemon:
             pass_fds=pass_fds,
         )
         self.lines: list[str] = []
+        self.times: list[float] = []  # time.monotonic() at which each line arrived
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -68,6 +70,7 @@ class Daemon:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             with self._changed:
+                self.times.append(time.monotonic())
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
         with self._changed:
@@ -81,6 +84,15 @@ class Daemon:
         regex = re.compile(pattern)
         with self._changed:
             return [m for m in map(regex.search, self.lines) if m]
+
+    def arrivals(self, pattern: str) -> list[tuple[float, re.Match[str]]]:
+        """(arrival time, match) of every output line matching ``pattern``."""
+        regex = re.compile(pattern)
+        with self._changed:
+            pairs = [
+                (t, regex.search(line)) for t, line in zip(self.times, self.lines, strict=True)
+            ]
+        return [(t, m) for t, m in pairs if m]
 
     def wait_for(self, pattern: str, count: int = 1, timeout: float = 20.0) -> re.Match[str]:
         """Wait until ``count`` output lines match ``pattern``; return the last."""
@@ -128,8 +140,25 @@ def running(argv: Sequence[str], **kwargs: Any) -> Iterator[Daemon]:
         daemon.kill_everything()
 
 
-def http_get(port: int, path: str = "/", timeout: float = 10.0) -> tuple[int, dict[str, str], str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def http_get(
+    port: int, path: str = "/", timeout: float = 10.0, unix: str | None = None
+) -> tuple[int, dict[str, str], str]:
+    conn: http.client.HTTPConnection
+    if unix is not None:
+        conn = _UnixHTTPConnection(unix, timeout)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
@@ -208,3 +237,56 @@ def worker_env(**extra: str) -> dict[str, str]:
         env.pop(name, None)
     env.update(extra)
     return env
+
+
+class Load:
+    """Client threads sending real HTTP requests until stopped."""
+
+    def __init__(
+        self, port: int, threads: int = 8, path: str = "/", unix: str | None = None
+    ) -> None:
+        self.port, self.path, self.unix = port, path, unix
+        self.stop = threading.Event()
+        self.generations: Counter[int] = Counter()
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                status, headers, body = http_get(self.port, self.path, unix=self.unix)
+                ok = status == 200 and body.endswith(
+                    ("!\n", f"{headers.get('x-server-starter-generation')}\n")
+                )
+                with self.lock:
+                    if ok:
+                        self.generations[int(headers["x-server-starter-generation"])] += 1
+                    else:
+                        self.failures.append(f"{status} {body!r}")
+            except Exception as err:  # every failure counts, whatever its kind
+                with self.lock:
+                    self.failures.append(repr(err))
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def total(self) -> int:
+        return sum(self.generations.values()) + len(self.failures)
+
+
+def restart(pid_file: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [START_SERVER, "--restart", f"--pid-file={pid_file}"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import threading
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,61 +11,14 @@ from support import (
     EXAMPLE_APP,
     ROOT,
     START_SERVER,
+    Load,
     free_port,
     generation_of,
     http_get,
+    restart,
     running,
     worker_env,
 )
-
-
-def restart(pid_file: Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [START_SERVER, "--restart", f"--pid-file={pid_file}"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-class Load:
-    """Client threads sending real HTTP requests until stopped."""
-
-    def __init__(self, port: int, threads: int = 8, path: str = "/") -> None:
-        self.port, self.path = port, path
-        self.stop = threading.Event()
-        self.generations: Counter[int] = Counter()
-        self.failures: list[str] = []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                status, headers, body = http_get(self.port, self.path)
-                ok = status == 200 and body.endswith("!\n")
-                with self.lock:
-                    if ok:
-                        self.generations[int(headers["x-server-starter-generation"])] += 1
-                    else:
-                        self.failures.append(f"{status} {body!r}")
-            except Exception as err:  # every failure counts, whatever its kind
-                with self.lock:
-                    self.failures.append(repr(err))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
-
-    def total(self) -> int:
-        return sum(self.generations.values()) + len(self.failures)
 
 
 @pytest.mark.load

@@ -1,0 +1,28 @@
+"""A dependency-free WSGI app for the gunicorn tests.
+
+Replies with its generation and pid; with WSGI_APP_BROKEN set it raises at
+import (a broken deploy)."""
+
+import os
+import time
+
+if os.environ.get("WSGI_APP_BROKEN"):
+    raise RuntimeError("WSGI_APP_BROKEN is set: this deploy is broken")
+
+GENERATION = os.environ.get("SERVER_STARTER_GENERATION", "0")
+
+
+def app(environ, start_response):  # type: ignore[no-untyped-def]
+    if environ.get("PATH_INFO") == "/slow":
+        time.sleep(0.1)
+    body = f"generation {GENERATION}\n".encode()
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/plain"),
+            ("Content-Length", str(len(body))),
+            ("X-Server-Starter-Generation", GENERATION),
+            ("X-Worker-Pid", str(os.getpid())),
+        ],
+    )
+    return [body]
