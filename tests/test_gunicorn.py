@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+
 from support import (
     ROOT,
     START_SERVER,
@@ -33,8 +34,13 @@ PYTHONS = {
 def gunicorn_version(python: str) -> str:
     import subprocess
 
-    result = subprocess.run([python, "-c", "import gunicorn; print(gunicorn.__version__)"],
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [python, "-c", "import gunicorn; print(gunicorn.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     return result.stdout.strip() or f"missing ({result.stderr.strip()[-200:]})"
 
 
@@ -49,8 +55,19 @@ def python(request: pytest.FixtureRequest) -> str:
 
 
 def gunicorn_argv(python: str, *args: str) -> list[str]:
-    return [python, "-m", "gunicorn", "-c", "python:server_starter.gunicorn", "--chdir",
-            str(APPS), "--graceful-timeout", "10", *args, "wsgi_app:app"]
+    return [
+        python,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:server_starter.gunicorn",
+        "--chdir",
+        str(APPS),
+        "--graceful-timeout",
+        "10",
+        *args,
+        "wsgi_app:app",
+    ]
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -62,20 +79,32 @@ def env(**extra: str) -> dict[str, str]:
 def reload_timeline(daemon: Daemon) -> list[tuple[int, float, float]]:
     """Per reload: (generation, when it was ready, when its predecessor was signalled)."""
     ready = {int(m.group(1)): t for t, m in daemon.arrivals(r"\(generation (\d+)\) is ready")}
-    signalled = {int(m.group(1)): t
-                 for t, m in daemon.arrivals(r"^sending TERM to worker \d+ \(generation (\d+)\)")}
+    signalled = {
+        int(m.group(1)): t
+        for t, m in daemon.arrivals(r"^sending TERM to worker \d+ \(generation (\d+)\)")
+    }
     return [(gen, ready[gen], signalled[gen - 1]) for gen in sorted(ready) if gen - 1 in signalled]
 
 
 @pytest.mark.load
-@pytest.mark.parametrize("worker", [["-k", "sync", "-w", "4"],
-                                    ["-k", "gthread", "-w", "2", "--threads", "4"]],
-                         ids=["sync", "gthread"])
-def test_fifty_reloads_under_load(python: str, worker: list[str], tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "worker",
+    [["-k", "sync", "-w", "4"], ["-k", "gthread", "-w", "2", "--threads", "4"]],
+    ids=["sync", "gthread"],
+)
+def test_fifty_reloads_under_load(
+    python: str, worker: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     port, pid_file = free_port(), tmp_path / "pid"
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}",
-            "--require-notify", "--ready-timeout=30", "--", *gunicorn_argv(python, *worker)]
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--pid-file={pid_file}",
+        "--require-notify",
+        "--ready-timeout=30",
+        "--",
+        *gunicorn_argv(python, *worker),
+    ]
     reloads, durations = 50, []
     with running(argv, env=env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
@@ -97,26 +126,38 @@ def test_fifty_reloads_under_load(python: str, worker: list[str], tmp_path: Path
     assert all(ready <= signalled for _gen, ready, signalled in timeline), timeline
     assert len(load.generations) >= reloads // 2
     with capsys.disabled():
-        print(f"\n    [measured] gunicorn {gunicorn_version(python)} {' '.join(worker)}: "
-              f"{reloads} reloads, {load.total()} requests, {len(load.failures)} failed; "
-              f"reload request to ready+signalled: median "
-              f"{statistics.median(durations):.2f}s, max {max(durations):.2f}s")
+        print(
+            f"\n    [measured] gunicorn {gunicorn_version(python)} {' '.join(worker)}: "
+            f"{reloads} reloads, {load.total()} requests, {len(load.failures)} failed; "
+            f"reload request to ready+signalled: median "
+            f"{statistics.median(durations):.2f}s, max {max(durations):.2f}s"
+        )
 
 
 def test_broken_deploy_fails_fast_and_old_generation_serves(python: str, tmp_path: Path) -> None:
     port, pid_file, envdir = free_port(), tmp_path / "pid", tmp_path / "env"
     envdir.mkdir()
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}",
-            f"--envdir={envdir}", "--require-notify", "--ready-timeout=30", "--",
-            *gunicorn_argv(python, "-w", "2")]
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--pid-file={pid_file}",
+        f"--envdir={envdir}",
+        "--require-notify",
+        "--ready-timeout=30",
+        "--",
+        *gunicorn_argv(python, "-w", "2"),
+    ]
     with running(argv, env=env()) as daemon:
         daemon.wait_for(r"is ready \(READY=1\)")
         (envdir / "WSGI_APP_BROKEN").write_text("1\n")
         result = restart(pid_file)
         assert result.returncode == 1
         # gunicorn halts on a worker boot error: exit code 3 (20.1) or 1 (27).
-        assert re.search(r"generation 2 failed to start: exited before it was ready, "
-                         r"exit code [13];", result.stderr), result.stderr
+        assert re.search(
+            r"generation 2 failed to start: exited before it was ready, "
+            r"exit code [13];",
+            result.stderr,
+        ), result.stderr
         assert generation_of(port) == 1
         daemon.wait_for(r"RuntimeError: WSGI_APP_BROKEN is set: this deploy is broken")
         daemon.wait_for(r"Worker failed to boot")
@@ -128,8 +169,15 @@ def test_broken_deploy_fails_fast_and_old_generation_serves(python: str, tmp_pat
 
 def test_unix_socket_survives_reloads(python: str, tmp_path: Path) -> None:
     port, pid_file, sock = free_port(), tmp_path / "pid", str(tmp_path / "app.sock")
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--path={sock}", f"--pid-file={pid_file}",
-            "--require-notify", "--", *gunicorn_argv(python, "-w", "1")]
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--path={sock}",
+        f"--pid-file={pid_file}",
+        "--require-notify",
+        "--",
+        *gunicorn_argv(python, "-w", "1"),
+    ]
     with running(argv, env=env()) as daemon:
         daemon.wait_for(r"is ready")
         for number in range(2, 12):
@@ -143,7 +191,8 @@ def test_unix_socket_survives_reloads(python: str, tmp_path: Path) -> None:
 def test_gunicorn_outside_start_server_is_a_clear_error(python: str) -> None:
     import subprocess
 
-    result = subprocess.run(gunicorn_argv(python), capture_output=True, text=True, timeout=60,
-                            env=env(), check=False)
+    result = subprocess.run(
+        gunicorn_argv(python), capture_output=True, text=True, timeout=60, env=env(), check=False
+    )
     assert result.returncode != 0
     assert "no environment variable SERVER_STARTER_PORT" in result.stderr + result.stdout

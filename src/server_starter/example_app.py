@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import socketserver
 import sys
 import threading
 import time
@@ -71,16 +70,6 @@ class Server(ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins the request threads: that is the drain
     block_on_close = True
 
-    def __init__(self, sock: socket.socket) -> None:
-        # BaseServer's set-up only: TCPServer's would create a socket of its
-        # own, which a unit with RestrictAddressFamilies=AF_UNIX forbids.
-        socketserver.BaseServer.__init__(self, sock.getsockname(), Handler)
-        self.socket = sock
-        self.address_family = sock.family
-        # select() then accept(): another generation may win the race for a
-        # connection, so accept must not block.
-        sock.setblocking(False)
-
     def get_request(self) -> tuple[socket.socket, object]:
         conn, address = self.socket.accept()
         conn.setblocking(True)
@@ -110,7 +99,9 @@ def main() -> int:
     if boot > 0 and signal.sigtimedwait(stop_signals, boot) is not None:
         return 0
 
-    servers = [Server(sock) for sock in sockets]
+    # adopt_socketserver creates no socket of its own, which also matters to a
+    # unit with RestrictAddressFamilies=AF_UNIX.
+    servers = [listener.adopt_socketserver(Server, Handler, sock) for sock in sockets]
     threads = [
         threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}) for s in servers
     ]

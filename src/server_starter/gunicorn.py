@@ -28,6 +28,7 @@ Works with Debian's gunicorn 20.1 and with current gunicorn from PyPI.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -100,10 +101,9 @@ class _Readiness:
         self.wanted = 1
 
     def worker_booted(self) -> None:
-        try:
+        # Once nobody counts any more, a respawned worker has nothing to add.
+        with contextlib.suppress(BlockingIOError):
             os.write(self.write_end, b"1")
-        except BlockingIOError:
-            pass  # nobody counts any more; a respawned worker has nothing to add
 
     def watch(self, wanted: int) -> None:
         self.wanted = max(1, wanted)
@@ -117,8 +117,9 @@ class _Readiness:
                 return
             booted += len(chunk)
         if self.notify_socket:
-            notify.send(f"READY=1\nSTATUS=gunicorn with {booted} workers booted",
-                        self.notify_socket)
+            notify.send(
+                f"READY=1\nSTATUS=gunicorn with {booted} workers booted", self.notify_socket
+            )
         os.close(self.read_end)
 
 

@@ -14,20 +14,30 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+import socketserver
+from collections.abc import Callable, Mapping
 
 from . import notify
 from .environment import GENERATION_VARIABLE, PORT_VARIABLE, PortVariableError, decode_ports
 
 __all__ = [
     "NotUnderServerStarter",
+    "adopt_socketserver",
     "generation",
     "listen_all",
     "notify_ready",
     "notify_status",
     "notify_stopping",
     "ports",
+    "start_asyncio_servers",
 ]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    from typing import Any, TypeVar
+
+    ServerT = TypeVar("ServerT", bound=socketserver.BaseServer)
 
 
 class NotUnderServerStarter(RuntimeError):
@@ -89,3 +99,46 @@ def notify_status(status: str) -> bool:
 
 def notify_stopping() -> bool:
     return notify.send("STOPPING=1")
+
+
+# -- adapters -------------------------------------------------------------------
+
+
+def adopt_socketserver(
+    server_class: type[ServerT], handler_class: Callable[..., Any], sock: socket.socket
+) -> ServerT:
+    """A ``socketserver`` server (``TCPServer``, ``ThreadingHTTPServer``,
+    ``UnixStreamServer``, ...) serving an inherited socket instead of binding
+    its own.  For a graceful stop, give the class ``daemon_threads = False``
+    and ``block_on_close = True``, then call ``shutdown()`` (stop accepting)
+    and ``server_close()`` (wait for the requests in flight) on SIGTERM."""
+    server = server_class.__new__(server_class)
+    # BaseServer's set-up only: TCPServer's would create a socket of its own.
+    socketserver.BaseServer.__init__(server, sock.getsockname(), handler_class)
+    server.socket = sock  # type: ignore[attr-defined]
+    # Several generations share the socket: another may win the race for a
+    # connection between select() and accept(), so accept must not block.
+    sock.setblocking(False)
+    return server
+
+
+async def start_asyncio_servers(
+    client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+    environ: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> list[asyncio.Server]:
+    """``asyncio.start_server`` (or ``start_unix_server``) on every inherited
+    stream socket.  On SIGTERM: ``server.close()`` stops accepting; finish the
+    connections in flight, then exit."""
+    import asyncio
+
+    servers = []
+    for sock in listen_all(environ):
+        if sock.type != socket.SOCK_STREAM:
+            continue
+        if sock.family == socket.AF_UNIX:
+            server = await asyncio.start_unix_server(client_connected_cb, sock=sock, **kwargs)
+        else:
+            server = await asyncio.start_server(client_connected_cb, sock=sock, **kwargs)
+        servers.append(server)
+    return servers

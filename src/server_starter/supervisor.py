@@ -414,35 +414,32 @@ class Supervisor:
             generation=gen.number,
             pid=gen.pid,
         )
-        if previous is not None:
-            delay = self._kill_old_delay()
+        if previous is not None or gen.is_reload:
             self.log.event(
                 Event.DRAIN,
                 f"new worker is now running, sending "
                 f"{_signal_name(self.config.signal_on_hup)} to old workers:"
-                f"{previous.pid}",
+                f"{previous.pid if previous is not None else 'none'}",
             )
+        if previous is not None:
             previous.state = State.RETIRING
-            previous.waiters = gen.waiters
-            gen.waiters = []
+            previous.waiters, gen.waiters = gen.waiters, []  # answered once it is signalled
             self.old.append(previous)
+        # systemd hears of the new generation before anyone is answered, so
+        # `systemctl reload` never returns ahead of the unit's status.
+        self._write_status()
+        self._notify_systemd(f"READY=1\nSTATUS={self._status_text()}")
+        if previous is not None:
+            delay = self._kill_old_delay()
             if delay > 0:
                 self.log.line(f"sleeping {delay:g} secs before killing old workers")
                 previous.signal_at = now + delay
             else:
                 self.log.event(Event.DRAIN, "killing old workers")
                 self._signal_old(previous, self.config.signal_on_hup, now)
-        elif gen.is_reload:
-            self.log.event(
-                Event.DRAIN,
-                "new worker is now running, sending "
-                f"{_signal_name(self.config.signal_on_hup)} to old workers:none",
-            )
         for waiter in gen.waiters:
             waiter.reply(True, f"generation {gen.number} (pid {gen.pid}) is ready")
         gen.waiters = []
-        self._write_status()
-        self._notify_systemd(f"READY=1\nSTATUS={self._status_text()}")
         if self.reload_queued:
             self.reload_queued = False
             self._start_generation(is_reload=True)
@@ -452,6 +449,7 @@ class Supervisor:
         gen.signal_at = None
         gen.kill_at = now + self.config.stop_timeout
         self._signal(gen, number)
+        self._notify_systemd(f"STATUS={self._status_text()}")
         for waiter in gen.waiters:
             waiter.reply(
                 True,
@@ -459,7 +457,6 @@ class Supervisor:
                 f"serving; sent {_signal_name(number)} to worker {gen.pid}",
             )
         gen.waiters = []
-        self._notify_systemd(f"STATUS={self._status_text()}")
 
     def _on_exit(self, gen: Generation) -> None:
         status = reap(gen.process)

@@ -15,7 +15,8 @@ GENERATION = os.environ.get("SERVER_STARTER_GENERATION", "0")
 def app(environ, start_response):  # type: ignore[no-untyped-def]
     if environ.get("PATH_INFO") == "/slow":
         time.sleep(0.1)
-    body = f"generation {GENERATION}\n".encode()
+    # Fixed width: ab counts a response of another length as failed.
+    body = f"generation {GENERATION:>6}\n".encode()
     start_response(
         "200 OK",
         [

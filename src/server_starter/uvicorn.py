@@ -1,0 +1,70 @@
+"""Run an ASGI app with uvicorn on the inherited sockets:
+
+    start_server --port 8000 --require-notify -- \\
+        python3 -m server_starter.uvicorn myapp:app [--app-dir DIR]
+
+uvicorn serves every inherited stream socket (TCP or unix) and binds
+nothing; ``READY=1`` goes to the superdaemon once uvicorn has started (the
+app's lifespan start-up included); SIGTERM is uvicorn's graceful shutdown,
+which finishes the requests in flight (bounded by
+``--timeout-graceful-shutdown``).  Needs uvicorn (``pip install uvicorn``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+
+from . import listener
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m server_starter.uvicorn")
+    parser.add_argument("app", help="the ASGI app, as module:attribute")
+    parser.add_argument("--app-dir", default=".", help="directory to import the app from")
+    parser.add_argument(
+        "--timeout-graceful-shutdown",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest drain on SIGTERM (default 30)",
+    )
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    try:
+        import uvicorn
+    except ImportError:
+        print(
+            "server_starter.uvicorn: uvicorn is not installed (pip install uvicorn)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        sockets = [s for s in listener.listen_all() if s.type == socket.SOCK_STREAM]
+    except (listener.NotUnderServerStarter, ValueError) as err:
+        print(f"server_starter.uvicorn: {err}", file=sys.stderr)
+        return 1
+    if not sockets:
+        print("server_starter.uvicorn: no stream socket in SERVER_STARTER_PORT", file=sys.stderr)
+        return 1
+
+    class NotifyingServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # False when the app's lifespan start-up failed
+                listener.notify_ready(f"uvicorn {uvicorn.__version__} serving")
+
+    sys.path.insert(0, args.app_dir)
+    config = uvicorn.Config(
+        args.app,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=int(args.timeout_graceful_shutdown),
+    )
+    server = NotifyingServer(config)
+    server.run(sockets=sockets)
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""A dependency-free ASGI app for the uvicorn adapter test."""
+
+import asyncio
+import os
+
+GENERATION = os.environ.get("SERVER_STARTER_GENERATION", "0")
+
+
+async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+    if scope["type"] != "http":
+        return
+    headers = [
+        (b"content-type", b"text/plain"),
+        (b"x-server-starter-generation", GENERATION.encode()),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    if scope["path"] == "/slow":  # headers first, so a client knows it is in flight
+        await send({"type": "http.response.body", "body": b"generation ", "more_body": True})
+        await asyncio.sleep(0.3)
+        await send({"type": "http.response.body", "body": f"{GENERATION}\n".encode()})
+    else:
+        await send({"type": "http.response.body", "body": f"generation {GENERATION}\n".encode()})
