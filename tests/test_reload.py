@@ -143,3 +143,22 @@ def test_first_unexpected_death_respawns_at_once(tmp_path: Path) -> None:
         daemon.wait_for(r"died unexpectedly with status:9 \(killed by SIGKILL\), restarting")
         daemon.wait_for(r"\(generation 2\) is ready")
         assert generation_of(port) == 2
+
+
+def test_auto_restart_replaces_the_worker_periodically(tmp_path: Path) -> None:
+    port = free_port()
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        "--enable-auto-restart",
+        "--auto-restart-interval=1",
+        "--kill-old-delay=0",
+        "--",
+        *EXAMPLE_APP,
+    ]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready")
+        daemon.wait_for(r"^autorestart triggered \(interval=1\)$")
+        daemon.wait_for(r"\(generation 2\) is ready")
+        daemon.wait_for(r"^old worker \d+ died")
+        assert generation_of(port) >= 2

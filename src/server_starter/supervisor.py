@@ -336,7 +336,7 @@ class Supervisor:
         for gen in alive:
             for waiter in gen.waiters:
                 waiter.reply(False, "start_server is stopping")
-            if gen.state is not State.DRAINING or not gen.signalled:
+            if not gen.signalled:
                 self._signal(gen, to_send)
             gen.state = State.DRAINING
             gen.signal_at = None
@@ -487,7 +487,9 @@ class Supervisor:
                 priority=ERR,
                 **fields,
             )
-            if not gen.start_timed_out and lived < QUICK_EXIT_SECONDS and status != 0:
+            # The hint once per streak of failures, not at every retry.
+            quick = not gen.start_timed_out and lived < QUICK_EXIT_SECONDS and status != 0
+            if quick and self.failures == 0:
                 self.log.line(
                     f"hint: worker {gen.pid} exited {lived:.2f}s after its start; if it reported "
                     "'Address already in use', it binds the port itself instead of using the "
