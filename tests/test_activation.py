@@ -127,6 +127,19 @@ def test_listen_pid_of_another_process_is_ignored(tmp_path: Path) -> None:
         assert "LISTEN_FDS" not in report["env"]
 
 
+def _start_server_through_shell(script: str) -> subprocess.CompletedProcess[str]:
+    """Run start_server after ``script``: LISTEN_PID must be start_server's own
+    pid, so a shell sets the variables and then execs it."""
+    return subprocess.run(
+        ["sh", "-c", script, "sh", START_SERVER, "--", *EXAMPLE_APP],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=worker_env(),
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     ("variables", "message"),
     [
@@ -140,17 +153,8 @@ def test_listen_pid_of_another_process_is_ignored(tmp_path: Path) -> None:
 def test_hostile_listen_variables_are_one_line_errors(
     variables: dict[str, str], message: str
 ) -> None:
-    # LISTEN_PID must be start_server's own pid: exec through a shell that sets it.
     exports = " ".join(f"{k}={v}" for k, v in variables.items())
-    script = f'LISTEN_PID=$$ {exports} exec "$@"'
-    result = subprocess.run(
-        ["sh", "-c", script, "sh", START_SERVER, "--", *EXAMPLE_APP],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=worker_env(),
-        check=False,
-    )
+    result = _start_server_through_shell(f'LISTEN_PID=$$ {exports} exec "$@"')
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
 
@@ -158,14 +162,6 @@ def test_hostile_listen_variables_are_one_line_errors(
 def test_a_non_socket_descriptor_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("")
-    script = f'exec 3<"{target}"; LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
-    result = subprocess.run(
-        ["sh", "-c", script, "sh", START_SERVER, "--", *EXAMPLE_APP],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=worker_env(),
-        check=False,
-    )
+    result = _start_server_through_shell(f'exec 3<"{target}"; LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"')
     assert result.returncode == 1
     assert result.stderr == "start_server: descriptor 3 from LISTEN_FDS is not a socket\n"

@@ -18,17 +18,16 @@ import select
 import signal
 import socket
 import stat
-import struct
 import time
 from collections.abc import Iterable, Mapping
 
+from .notify import UCRED
 from .sockets import socket_is_live
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import IO
 
-_UCRED = struct.Struct("3i")
 MAX_REQUEST = 256
 
 
@@ -121,8 +120,8 @@ def write_status_file(path: str, workers: Iterable[tuple[int, int]]) -> None:
 
 
 def peer_uid(conn: socket.socket) -> int:
-    data = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    return int(_UCRED.unpack(data)[1])
+    data = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
+    return int(UCRED.unpack(data)[1])
 
 
 def listen_control(path: str) -> socket.socket:

@@ -29,12 +29,11 @@ Works with Debian's gunicorn 20.1 and with current gunicorn from PyPI.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import threading
 
 from . import listener, notify
-from .sockets import SD_LISTEN_FDS_START
+from .sockets import SD_LISTEN_FDS_START, fd_is_open
 
 __all__ = [
     "control_socket_disable",
@@ -68,7 +67,7 @@ def _hand_over_sockets() -> int:
         # number: move them, through temporary copies so no move clobbers
         # another, but never over a descriptor that is not one of ours.
         for target in wanted:
-            if target not in fds and _is_open(target):
+            if target not in fds and fd_is_open(target):
                 raise _fail(f"descriptor {target} is in use; cannot place the sockets at 3..")
         copies = [os.dup(fd) for fd in fds]
         for fd in fds:
@@ -79,14 +78,6 @@ def _hand_over_sockets() -> int:
     os.environ["LISTEN_FDS"] = str(len(fds))
     os.environ["LISTEN_PID"] = str(os.getpid())
     return len(fds)
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError as err:
-        return err.errno != errno.EBADF
-    return True
 
 
 class _Readiness:

@@ -14,7 +14,7 @@ import socket
 import struct
 import time
 
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _MAX_DATAGRAM = 4096
 
 
@@ -83,14 +83,14 @@ class NotifyReceiver:
         while True:
             try:
                 payload, ancillary, _flags, _addr = self.sock.recvmsg(
-                    _MAX_DATAGRAM, socket.CMSG_SPACE(_UCRED.size)
+                    _MAX_DATAGRAM, socket.CMSG_SPACE(UCRED.size)
                 )
             except BlockingIOError:
                 return messages
             pid = uid = -1
             for level, kind, data in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    pid, uid, _gid = _UCRED.unpack(data[: _UCRED.size])
+                    pid, uid, _gid = UCRED.unpack(data[: UCRED.size])
             if uid in (own_uid, 0):
                 messages.append(Message(pid, uid, parse(payload)))
 

@@ -166,7 +166,7 @@ def check_unique(specs: Sequence[PortSpec | PathSpec]) -> None:
             seen_fds.add(spec.fd)
 
 
-def _fd_is_open(fd: int) -> bool:
+def fd_is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
     except OSError as err:
@@ -188,7 +188,7 @@ def bind_port(spec: PortSpec, backlog: int) -> Listener:
         except OSError as err:
             raise SocketError(f"failed to resolve host {host!r}: {_reason(err)}") from None
     kind = socket.SOCK_DGRAM if spec.udp else socket.SOCK_STREAM
-    if spec.fd is not None and _fd_is_open(spec.fd):
+    if spec.fd is not None and fd_is_open(spec.fd):
         raise SocketError(f"cannot pin {spec.key} to descriptor {spec.fd}: it is already open")
     sock = socket.socket(family, kind)
     try:
