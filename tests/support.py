@@ -43,6 +43,7 @@ class Daemon:
         env: dict[str, str] | None = None,
         cwd: str | Path | None = None,
         pass_fds: Sequence[int] = (),
+        umask: int = -1,
     ) -> None:
         self.argv = list(argv)
         self.proc = subprocess.Popen(
@@ -55,6 +56,7 @@ class Daemon:
             text=True,
             start_new_session=True,
             pass_fds=pass_fds,
+            umask=umask,
         )
         self.lines: list[str] = []
         self.times: list[float] = []  # time.monotonic() at which each line arrived
@@ -281,6 +283,9 @@ class Load:
     def total(self) -> int:
         return sum(self.generations.values()) + len(self.failures)
 
+    def refused(self) -> int:
+        return sum("ConnectionRefusedError" in failure for failure in self.failures)
+
 
 def restart(pid_file: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -290,3 +295,43 @@ def restart(pid_file: Path, timeout: float = 60.0) -> subprocess.CompletedProces
         timeout=timeout,
         check=False,
     )
+
+
+class FakeManager:
+    """The receiving end of NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(20)
+        self.messages: list[dict[str, str]] = []
+
+    def next(self) -> dict[str, str]:
+        payload = self.sock.recv(4096).decode()
+        fields = dict(line.split("=", 1) for line in payload.split("\n") if "=" in line)
+        self.messages.append(fields)
+        return fields
+
+    def keep_reading(self) -> None:
+        """Read every message as it comes, in the background, as PID 1 does
+        (an unread datagram queue fills after a few messages)."""
+
+        def read() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    self.next()
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def until(self, key: str) -> dict[str, str]:
+        while True:
+            fields = self.next()
+            if key in fields:
+                return fields
+
+
+def report(capsys: Any, line: str) -> None:
+    """Figures worth reading in the CI log."""
+    with capsys.disabled():
+        print(f"\n    [measured] {line}")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from machine import Machine, booted
-from support import ROOT, http_get
+from support import ROOT, http_get, report
 
 pytestmark = [
     pytest.mark.systemd,
@@ -37,12 +37,6 @@ VERSION = subprocess.run(
     check=False,
 ).stdout.strip()
 UPGRADE = f"{VERSION}+upgrade1"
-
-
-def report(capsys: pytest.CaptureFixture[str], line: str) -> None:
-    """Figures worth reading in the CI log."""
-    with capsys.disabled():
-        print(f"\n    [measured] {line}")
 
 
 class Ab:
@@ -309,6 +303,20 @@ def test_stop_completes_requests_in_flight(machine: Machine) -> None:
     assert generation(machine) == 1, "the next connection starts a fresh superdaemon"
 
 
+LIST_APP_PROCESSES = """
+import os
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+        parent = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]
+        cgroup = open(f"/proc/{pid}/cgroup").read().strip().rsplit(":", 1)[1]
+    except OSError:
+        continue
+    if any(arg.endswith(b"/server-starter-example") for arg in argv):
+        print(pid, parent, cgroup)
+"""
+
+
 def test_restart_and_crash_refuse_no_connection(
     machine: Machine, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -333,6 +341,15 @@ def test_restart_and_crash_refuse_no_connection(
             time.sleep(0.1)
         crash_load.wait_for_traffic()
         crash_load.keep_going(1)
+    # No worker of the killed superdaemon survives: every example-app process
+    # is the new superdaemon or its child, in app.service's cgroup.
+    main_pid = machine.show("app", "MainPID")
+    listing = machine.run("python3", "-c", LIST_APP_PROCESSES).stdout
+    processes = [line.split() for line in listing.splitlines() if line]
+    assert any(pid == main_pid for pid, _, _ in processes), processes
+    for pid, parent, cgroup in processes:
+        assert main_pid in (pid, parent), f"orphan: {pid} (parent {parent}) {cgroup}"
+        assert cgroup.endswith("/app.service"), cgroup
     for load in (restart_load, crash_load):
         assert load.complete > 100, load.output
         assert load.refused == 0, load.output
@@ -347,7 +364,51 @@ def test_restart_and_crash_refuse_no_connection(
         capsys,
         f"kill -9 of the superdaemon under ab -c 200 /slow: {crash_load.complete} "
         f"requests, {crash_load.failed} failed (in flight), "
-        f"{crash_load.refused} refused",
+        f"{crash_load.refused} refused; systemd restarted it, {len(processes)} app "
+        "processes afterwards, none orphaned",
+    )
+
+
+NOISY_APP = """#!/bin/sh
+# The example app, after starting 5 MB of 4000-byte lines to stderr.
+filler=$(head -c 4000 /dev/zero | tr '\\0' x)
+yes "noise $filler" | head -c 5000000 >&2 &
+exec /usr/bin/server-starter-example
+"""
+
+
+def test_megabytes_of_worker_output_reach_the_journal_and_block_nothing(
+    machine: Machine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dropin = Path("/run/systemd/system/app.service.d/noisy.conf")
+    exec_start = machine.show("app", "ExecStart")
+    command = re.search(r"argv\[\]=(.*?) ;", exec_start)
+    assert command is not None, exec_start
+    noisy = command[1].replace("/usr/bin/server-starter-example", "/usr/local/bin/noisy-app")
+    machine.run("tee", "/usr/local/bin/noisy-app", input=NOISY_APP)
+    machine.run("chmod", "755", "/usr/local/bin/noisy-app")
+    machine.run("mkdir", "-p", str(dropin.parent))
+    machine.run("tee", str(dropin), input=f"[Service]\nExecStart=\nExecStart={noisy}\n")
+    try:
+        machine.run("systemctl", "daemon-reload")
+        machine.run("systemctl", "restart", "app")
+        with Ab(concurrency=50) as ab:
+            ab.wait_for_traffic()
+            for _ in range(3):
+                machine.run("systemctl", "reload", "app")
+            ab.keep_going(1)
+        lines = machine.sh("journalctl -u app -o cat --since=-5min | grep -c '^noise x'").stdout
+    finally:
+        machine.run("rm", "-f", str(dropin))
+        machine.run("systemctl", "daemon-reload")
+        machine.run("systemctl", "restart", "app")
+    per_generation = 5_000_000 // len("noise " + "x" * 4000 + "\n")
+    assert int(lines) >= 4 * per_generation, lines
+    assert ab.complete > 100 and (ab.failed, ab.non_2xx) == (0, 0), ab.output
+    report(
+        capsys,
+        f"4 generations writing 5 MB each to stderr, 3 systemctl reloads under ab -c 50: "
+        f"{ab.complete} requests, {ab.failed} failed; {int(lines)} of those lines in the journal",
     )
 
 

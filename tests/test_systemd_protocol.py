@@ -6,41 +6,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 from support import (
     REPORTER,
     START_SERVER,
+    FakeManager,
     free_port,
     running,
     wait_for_reports,
     worker_env,
 )
-
-
-class FakeManager:
-    """The receiving end of NOTIFY_SOCKET."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(20)
-        self.messages: list[dict[str, str]] = []
-
-    def next(self) -> dict[str, str]:
-        payload = self.sock.recv(4096).decode()
-        fields = dict(line.split("=", 1) for line in payload.split("\n") if "=" in line)
-        self.messages.append(fields)
-        return fields
-
-    def until(self, key: str) -> dict[str, str]:
-        while True:
-            fields = self.next()
-            if key in fields:
-                return fields
 
 
 def test_notify_protocol_and_reload_through_runtime_directory(tmp_path: Path) -> None:

@@ -24,16 +24,19 @@ def _address(path: str) -> str | bytes:
     return path
 
 
-def send(message: str, socket_path: str | None = None) -> bool:
+def send(message: str, socket_path: str | None = None, timeout: float | None = None) -> bool:
     """Send ``message`` to ``socket_path`` (default ``$NOTIFY_SOCKET``).
 
     Returns False when there is nobody to tell (no ``NOTIFY_SOCKET``), as
-    sd_notify does; raises OSError when the socket is named but unreachable.
+    sd_notify does; raises OSError when the socket is named but unreachable,
+    and TimeoutError when its queue stays full for ``timeout`` seconds (a
+    datagram socket's queue is short: a receiver that stalls blocks senders).
     """
     path = socket_path if socket_path is not None else os.environ.get("NOTIFY_SOCKET")
     if not path:
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
         sock.sendto(message.encode(), _address(path))
     return True
 

@@ -224,13 +224,18 @@ def bind_path(spec: PathSpec, backlog: int, mode: int) -> Listener:
             raise SocketError(f"--path {path}: another process is listening there")
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # bind() creates the file with mode 0777 & ~umask: set the umask so it is
+    # born with the mode asked for, never looser even for an instant.
+    saved_umask = os.umask(~mode & 0o777)
     try:
         sock.bind(path)
-        os.chmod(path, mode)
+        os.chmod(path, mode)  # a umask cannot add bits such as setgid; chmod can
         sock.listen(backlog)
     except OSError as err:
         sock.close()
         raise SocketError(f"failed to listen to file {path}: {_reason(err)}") from None
+    finally:
+        os.umask(saved_umask)
     sock.set_inheritable(True)
     return Listener(key=path, sock=sock, created_path=path)
 

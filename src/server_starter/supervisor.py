@@ -37,6 +37,9 @@ from .spawn import Process, SpawnError, reap, spawn
 # sockets.  The hint costs nothing when it is wrong.
 QUICK_EXIT_SECONDS = 2.0
 
+# How long a status message to systemd may wait for room in its queue.
+NOTIFY_TIMEOUT = 2.0
+
 # Signals that end the superdaemon.  INT and QUIT drain like TERM (with
 # TERM sent to the workers), so a Ctrl-C or Ctrl-\ never orphans a worker.
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -354,7 +357,14 @@ class Supervisor:
         self.generation_count += 1
         number = self.generation_count
         waiters, self.next_waiters = self.next_waiters, []
-        envdir_values = load_envdir(self._envdir())
+        envdir = self._envdir()
+        if envdir is not None and not os.path.isdir(envdir):
+            # Perl's behaviour (start without the envdir's variables), said out loud.
+            self.log.line(
+                f"envdir {envdir} is missing; generation {number} starts without its variables",
+                priority=WARNING,
+            )
+        envdir_values = load_envdir(envdir)
         notifier = notify.NotifyReceiver(f"gen{number}")
         env = worker_environment(
             self.base_environ, envdir_values, self.ports, number, notifier.address, self.fd_names
@@ -674,11 +684,12 @@ class Supervisor:
         if self.systemd_socket is None:
             return
         try:
-            notify.send(message, self.systemd_socket)
+            # Bounded: a manager that stops reading must not freeze the event loop.
+            notify.send(message, self.systemd_socket, timeout=NOTIFY_TIMEOUT)
         except OSError as err:
-            self.log.line(
-                f"cannot notify systemd at {self.systemd_socket}: {err.strerror}", priority=WARNING
-            )
+            reason = err.strerror or f"its queue stayed full for {NOTIFY_TIMEOUT:g}s"
+            where = self.systemd_socket
+            self.log.line(f"cannot notify systemd at {where}: {reason}", priority=WARNING)
 
     def _on_control_connection(self, listener: object) -> None:
         assert self.config.control_socket is not None
