@@ -16,8 +16,8 @@ demo: deps
 		-- $(BIN)/server-starter-example
 
 lint: deps
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 test: lint
@@ -26,9 +26,10 @@ test: lint
 deb: deps
 	scripts/build-deb.sh
 
-bench:
-	@echo "make bench: the benchmark is not built yet (open issue: benchmark side by side with Perl start_server)" >&2
-	@exit 1
+# MODE=full (default, about 15 minutes), quick (under 5) or smoke (the harness only).
+MODE ?= full
+bench: deps
+	$(BIN)/python bench/benchmark.py --mode=$(MODE)
 
 clean:
 	rm -rf $(VENV) .venv-gunicorn dist build .mypy_cache .ruff_cache .pytest_cache .hypothesis demo.pid demo.status

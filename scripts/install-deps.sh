@@ -13,6 +13,8 @@ SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-gunicorn"
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES dpkg-dev debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian"
 # End-to-end tests: a bookworm root file system booted with systemd-nspawn.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES systemd-container debootstrap"
+# make bench: its plot.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-matplotlib"
 
 missing=""
 for pkg in $SYSTEM_PACKAGES; do

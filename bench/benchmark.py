@@ -1,0 +1,696 @@
+"""make bench: every contender on the same app, the same load and the same
+machine, in one run.
+
+Scenarios (see the README, "Benchmark"):
+
+1. reference: ``ab -r -n N -c C`` on the example app's /slow (writes
+   "Hello, ", flushes, sleeps 100 ms, writes the rest) while a reload is
+   requested every second: our start_server, Perl's start_server 0.35, and
+   the same app under ours with no reload at all (the baseline).
+2. systemd: the same load in a booted systemd 252, a reload every second:
+   ``systemctl reload`` of our units; ``systemctl restart`` of the app
+   socket-activated with no superdaemon; gunicorn with
+   ``ExecReload=kill -HUP $MAINPID``; and the same gunicorn under ours.
+3. latency: from the reload request to the old generation's signal, and to
+   the first answer of the new generation, for an app ready in 50 ms and one
+   ready in 2 s; ours (readiness notified) against Perl's (--interval rule).
+4. footprint: the superdaemon's RSS, CPU time and wake-ups idle and across
+   many reloads, ours beside Perl's.
+
+Writes ``<out>/<date>.json`` and ``<out>/<date>.png`` (latency over time,
+reloads marked) and, unless --smoke, the README's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support import (  # noqa: E402 - the tests' real-process helpers
+    EXAMPLE_APP,
+    PERL_START_SERVER,
+    START_SERVER,
+    Daemon,
+    free_port,
+    http_get,
+    worker_env,
+)
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # A run of the harness itself, for CI: tiny numbers, no booted systemd.
+    "smoke": {
+        "requests": 600,
+        "concurrency": 20,
+        "latency_repeats": 1,
+        "slow_boot": 0.5,
+        "idle_seconds": 1.0,
+        "footprint_reloads": 3,
+        "systemd": False,
+    },
+    "quick": {
+        "requests": 20_000,
+        "concurrency": 1000,
+        "latency_repeats": 3,
+        "slow_boot": 2.0,
+        "idle_seconds": 10.0,
+        "footprint_reloads": 20,
+        "systemd": True,
+    },
+    "full": {
+        "requests": 100_000,
+        "concurrency": 1000,
+        "latency_repeats": 5,
+        "slow_boot": 2.0,
+        "idle_seconds": 60.0,
+        "footprint_reloads": 100,
+        "systemd": True,
+    },
+}
+RELOAD_EVERY = 1.0  # seconds, as DESIGN's reference scenario asks
+FAST_BOOT = 0.05
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# -- load ---------------------------------------------------------------------
+
+
+def run_ab(url: str, requests: int, concurrency: int, workdir: Path) -> dict[str, Any]:
+    """ab -r -n -c, with per-request timings (-g) for percentiles and the plot."""
+    timings = workdir / f"ab-{time.monotonic_ns()}.tsv"
+    command = ["ab", "-r", "-q", "-s", "60", "-n", str(requests), "-c", str(concurrency)]
+    result = subprocess.run(
+        [*command, "-g", str(timings), url],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+
+    def figure(name: str, kind: Callable[[str], float] = int) -> float:
+        match = re.search(rf"^{name}:\s+([\d.]+)", output, re.M)
+        return kind(match.group(1)) if match else 0
+
+    samples: list[tuple[float, int]] = []  # (start, epoch seconds; total ms)
+    if timings.exists():
+        for line in timings.read_text().splitlines()[1:]:
+            fields = line.split("\t")
+            with contextlib.suppress(ValueError, IndexError):
+                samples.append((float(fields[1]), int(fields[4])))
+    samples.sort()
+    totals = sorted(ms for _, ms in samples)
+    breakdown = re.search(
+        r"\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)", output
+    )
+    return {
+        "requests": int(figure("Complete requests")),
+        "failed": int(figure("Failed requests")),
+        "refused": int(breakdown.group(1)) if breakdown else 0,
+        # ab counts a failed request once per kind of failure it saw
+        "failures_by_kind": dict(
+            zip(
+                ("connect", "receive", "length", "exceptions"),
+                map(int, breakdown.groups()) if breakdown else (0, 0, 0, 0),
+                strict=True,
+            )
+        ),
+        "non_2xx": int(figure("Non-2xx responses")),
+        "requests_per_second": figure("Requests per second", float),
+        "latency_ms": {
+            "p50": percentile(totals, 50),
+            "p99": percentile(totals, 99),
+            "max": totals[-1] if totals else 0,
+        },
+        "ab_exit": result.returncode,
+        "samples": samples,
+    }
+
+
+def percentile(ordered: list[int], pct: float) -> float:
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
+    return float(ordered[index])
+
+
+@contextlib.contextmanager
+def reloading(reload: Callable[[], None] | None) -> Iterator[list[float]]:
+    """Request a reload every RELOAD_EVERY seconds while the block runs;
+    yields the list of wall-clock moments at which each was requested."""
+    moments: list[float] = []
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(RELOAD_EVERY):
+            assert reload is not None
+            moments.append(time.time())
+            reload()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    if reload is not None:
+        thread.start()
+    try:
+        yield moments
+    finally:
+        done.set()
+        if reload is not None:
+            thread.join(120)
+
+
+# -- scenario 1: reference ------------------------------------------------------
+
+
+def superdaemon(
+    kind: str, port: int, envdir: Path | None = None, options: tuple[str, ...] = ()
+) -> Daemon:
+    program = START_SERVER if kind == "ours" else PERL_START_SERVER
+    argv = [program, f"--port=127.0.0.1:{port}", *options]
+    if envdir is not None:
+        argv.append(f"--envdir={envdir}")
+    return Daemon([*argv, "--", *EXAMPLE_APP], env=worker_env())
+
+
+def stop(daemon: Daemon) -> None:
+    if daemon.proc.poll() is None:
+        daemon.signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            daemon.wait(60)
+    daemon.kill_everything()
+
+
+def reference(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    contenders: dict[str, Any] = {}
+    for name, kind, reloads in (
+        ("no reloads (baseline)", "ours", False),
+        ("ours: start_server, HUP every 1 s", "ours", True),
+        ("Perl start_server 0.35, HUP every 1 s", "perl", True),
+    ):
+        port = free_port()
+        daemon = superdaemon(kind, port)
+        try:
+            daemon.wait_for(r"starting new worker")
+            wait_until_serving(port)
+            log(f"reference: {name}")
+            reload = (lambda d=daemon: d.signal(signal.SIGHUP)) if reloads else None
+            with reloading(reload) as moments:
+                result = run_ab(
+                    f"http://127.0.0.1:{port}/slow",
+                    profile["requests"],
+                    profile["concurrency"],
+                    workdir,
+                )
+            result["reload_requests"] = len(moments)
+            result["reload_moments"] = moments
+            result["reloads"] = len(daemon.matches(r"starting new worker")) - 1
+        finally:
+            stop(daemon)
+        contenders[name] = result
+    add_ratios(contenders, "no reloads (baseline)")
+    return {
+        "load": (
+            f"ab -r -n {profile['requests']} -c {profile['concurrency']} /slow "
+            f"(100 ms handler), reload every {RELOAD_EVERY:g} s"
+        ),
+        "contenders": contenders,
+    }
+
+
+def wait_until_serving(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            if http_get(port, timeout=5)[0] == 200:
+                return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: nothing answers on port {port}")
+        time.sleep(0.05)
+
+
+def add_ratios(contenders: dict[str, Any], baseline_name: str) -> None:
+    base = contenders[baseline_name]
+    for result in contenders.values():
+        rps = base["requests_per_second"]
+        result["throughput_vs_baseline"] = (
+            round(result["requests_per_second"] / rps, 3) if rps else None
+        )
+        p99 = base["latency_ms"]["p99"]
+        result["p99_vs_baseline"] = round(result["latency_ms"]["p99"] / p99, 3) if p99 else None
+
+
+# -- scenario 2: systemd ---------------------------------------------------------
+
+PLAIN_SOCKET = """[Socket]
+ListenStream=127.0.0.1:{port}
+Backlog=4096
+"""
+# The example app straight under systemd: it takes SERVER_STARTER_PORT, so
+# name systemd's descriptor 3 in that format.
+PLAIN_SERVICE = """[Unit]
+# A restart every second would hit the default start limit (5 in 10 s) and
+# leave the unit failed: lift it, to measure the restarts themselves.
+StartLimitIntervalSec=0
+
+[Service]
+ExecStart=/usr/bin/env SERVER_STARTER_PORT=127.0.0.1:{port}=3 /usr/bin/server-starter-example
+DynamicUser=yes
+"""
+GUNICORN_ARGS = "--chdir /srv/apps -k gthread -w 4 --threads 250 wsgi_app:app"
+GUNICORN_SERVICE = """[Service]
+ExecStart=/usr/bin/python3 -m gunicorn {args}
+ExecReload=/bin/kill -HUP $MAINPID
+DynamicUser=yes
+"""
+
+
+def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    from machine import booted
+
+    debs = workdir / "debs"
+    debs.mkdir()
+    build = subprocess.run(
+        [str(ROOT / "scripts" / "build-deb.sh")],
+        env={**os.environ, "DIST_DIR": str(debs)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if build.returncode != 0:
+        raise SystemExit(f"bench: building the packages failed:\n{build.stderr[-2000:]}")
+    binds = [(debs, "/debs"), (ROOT / "tests" / "apps", "/srv/apps")]
+    contenders: dict[str, Any] = {}
+    with booted(binds, workdir / "console.log") as machine:
+        debs_inside = sorted(f"/debs/{p.name}" for p in debs.glob("*.deb"))
+        machine.run(
+            "env",
+            "DEBIAN_FRONTEND=noninteractive",
+            "apt-get",
+            "install",
+            "-y",
+            *debs_inside,
+            timeout=300,
+        )
+        reference_unit = (ROOT / "units" / "app.service").read_text()
+        units = {
+            "plain.socket": PLAIN_SOCKET.format(port=8081),
+            "plain.service": PLAIN_SERVICE.format(port=8081),
+            "gunicorn.socket": PLAIN_SOCKET.format(port=8082),
+            "gunicorn.service": GUNICORN_SERVICE.format(args=GUNICORN_ARGS),
+            "gapp.socket": PLAIN_SOCKET.format(port=8083),
+            "gapp.service": re.sub(
+                r"^ExecStart=.*$",
+                "ExecStart=/usr/bin/server-starter --require-notify --stop-timeout=80 -- "
+                "/usr/bin/python3 -m gunicorn -c python:server_starter.gunicorn " + GUNICORN_ARGS,
+                reference_unit.replace("app.socket", "gapp.socket").replace(
+                    "RuntimeDirectory=app", "RuntimeDirectory=gapp"
+                ),
+                flags=re.M,
+            )
+            + "SystemCallFilter=@setuid\n",
+        }
+        for name, text in units.items():
+            machine.run("tee", f"/etc/systemd/system/{name}", input=text)
+        machine.run("systemctl", "daemon-reload")
+        for name, unit, port, action, note in (
+            ("ours: systemctl reload app", "app", 8080, "reload", "example app"),
+            ("no superdaemon: systemctl restart", "plain", 8081, "restart", "example app"),
+            ("gunicorn 20.1: ExecReload=kill -HUP", "gunicorn", 8082, "reload", "WSGI app"),
+            ("ours running gunicorn 20.1: systemctl reload", "gapp", 8083, "reload", "WSGI app"),
+        ):
+            machine.run("systemctl", "start", f"{unit}.socket")
+            wait_until_serving(port)
+            machine.run("systemctl", "start", f"{unit}.service")  # no reload merged into a start
+            log(f"systemd: {name}")
+
+            def reload(unit: str = unit, action: str = action) -> None:
+                machine.run("systemctl", action, unit, check=False, timeout=120)
+
+            with reloading(reload) as moments:
+                result = run_ab(
+                    f"http://127.0.0.1:{port}/slow",
+                    profile["requests"],
+                    profile["concurrency"],
+                    workdir,
+                )
+            result["reload_requests"] = len(moments)
+            result["reload_moments"] = moments
+            result["reloads"] = len(moments)
+            result["app"] = note
+            result["unit_state_after"] = machine.run(
+                "systemctl", "is-active", unit, check=False
+            ).stdout.strip()
+            machine.run("systemctl", "stop", f"{unit}.socket", f"{unit}.service", check=False)
+            contenders[name] = result
+    return {
+        "load": (
+            f"ab -r -n {profile['requests']} -c {profile['concurrency']} /slow from the host, "
+            f"a reload (or restart) every {RELOAD_EVERY:g} s, systemd 252 in systemd-nspawn"
+        ),
+        "contenders": contenders,
+    }
+
+
+# -- scenario 3: reload latency ---------------------------------------------------
+
+
+def latency(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for boot in (FAST_BOOT, profile["slow_boot"]):
+        for kind, name, options in (
+            # Without --require-notify ours keeps Perl's rule (ready after
+            # --interval alive, or at READY=1 if that comes first) ...
+            ("ours", "ours", ()),
+            # ... with it, only READY=1 counts (the reference unit uses it).
+            ("ours", "ours --require-notify", ("--require-notify", "--ready-timeout=30")),
+            ("perl", "Perl start_server 0.35", ()),
+        ):
+            envdir = workdir / f"env-{len(results)}"
+            envdir.mkdir()
+            (envdir / "EXAMPLE_APP_BOOT_SECONDS").write_text(f"{boot}\n")
+            port = free_port()
+            daemon = superdaemon(kind, port, envdir, options)
+            signalled: list[float] = []
+            answered: list[float] = []
+            try:
+                wait_until_serving(port)
+                for repeat in range(profile["latency_repeats"]):
+                    expected = repeat + 2
+                    requested = time.monotonic()
+                    daemon.signal(signal.SIGHUP)
+                    while generation_answering(port) != expected:
+                        if time.monotonic() - requested > 60:
+                            raise SystemExit(f"bench: generation {expected} never answered")
+                        time.sleep(0.005)  # a probe every 5 ms: the resolution of the figure
+                    answered.append(time.monotonic() - requested)
+                    daemon.wait_for(r"sending TERM to old workers", count=repeat + 1, timeout=60)
+                    arrival = daemon.arrivals(r"sending TERM to old workers")[repeat][0]
+                    signalled.append(arrival - requested)
+                    daemon.wait_for(r"old worker \d+ died", count=repeat + 1, timeout=60)
+            finally:
+                stop(daemon)
+            results[f"{name}, app ready in {boot:g} s"] = {
+                "old_signalled_s": summary(signalled),
+                "new_answers_s": summary(answered),
+                # Between the old generation's signal and the new one's first
+                # answer nobody accepts: connections wait in the backlog.
+                "nobody_accepting_s": summary(
+                    [max(0.0, a - s) for s, a in zip(signalled, answered, strict=True)]
+                ),
+                "repeats": len(signalled),
+            }
+    return results
+
+
+def generation_answering(port: int) -> int:
+    try:
+        return int(http_get(port, timeout=30)[1].get("x-server-starter-generation", 0))
+    except OSError:
+        return 0
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+# -- scenario 4: footprint ---------------------------------------------------------
+
+
+def process_figures(pid: int) -> dict[str, float]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines())
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {
+        "rss_kib": int(fields["VmRSS"].split()[0]),
+        "cpu_s": (int(stat[11]) + int(stat[12])) / ticks,  # utime + stime
+        "context_switches": int(fields["voluntary_ctxt_switches"])
+        + int(fields["nonvoluntary_ctxt_switches"]),
+    }
+
+
+def footprint(profile: dict[str, Any]) -> dict[str, Any]:
+    ports = {"ours": free_port(), "Perl start_server 0.35": free_port()}
+    daemons = {name: superdaemon(name.split()[0].lower(), port) for name, port in ports.items()}
+    results: dict[str, Any] = {}
+    try:
+        for port in ports.values():
+            wait_until_serving(port)
+        # Side by side, idle, over the same period.
+        seconds = profile["idle_seconds"]
+        time.sleep(1)  # Perl's start-up ends with a sleep of --interval; let it finish
+        before = {name: process_figures(d.pid) for name, d in daemons.items()}
+        time.sleep(seconds)  # the idle period being measured
+        after = {name: process_figures(d.pid) for name, d in daemons.items()}
+        for name in daemons:
+            results[name] = {
+                "idle_seconds": seconds,
+                "idle_rss_kib": after[name]["rss_kib"],
+                "idle_cpu_s": round(after[name]["cpu_s"] - before[name]["cpu_s"], 3),
+                "idle_wakeups_per_minute": round(
+                    (after[name]["context_switches"] - before[name]["context_switches"])
+                    * 60
+                    / seconds,
+                    1,
+                ),
+            }
+        reloads = profile["footprint_reloads"]
+        for name, daemon in daemons.items():
+            log(f"footprint: {reloads} reloads of {name}")
+            start = process_figures(daemon.pid)
+            for number in range(reloads):
+                daemon.signal(signal.SIGHUP)
+                daemon.wait_for(r"old worker \d+ died", count=number + 1, timeout=60)
+            end = process_figures(daemon.pid)
+            results[name].update(
+                {
+                    "reloads": reloads,
+                    "rss_kib_after_reloads": end["rss_kib"],
+                    "cpu_ms_per_reload": round((end["cpu_s"] - start["cpu_s"]) * 1000 / reloads, 1),
+                }
+            )
+    finally:
+        for daemon in daemons.values():
+            stop(daemon)
+    return results
+
+
+# -- output ------------------------------------------------------------------------
+
+
+def machine_facts() -> dict[str, str]:
+    def version(command: list[str], pattern: str) -> str:
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout
+        except OSError:
+            return "unknown"
+        match = re.search(pattern, out)
+        return match.group(1) if match else "unknown"
+
+    return {
+        "nproc": str(os.cpu_count()),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "server_starter": version([START_SERVER, "--version"], r"(\S+)"),
+        "perl_server_starter": version(
+            ["perl", "-MServer::Starter", "-e", "print $Server::Starter::VERSION"], r"(\S+)"
+        ),
+        "ab": version(["ab", "-V"], r"Version (\S+)"),
+        "systemd": version(["systemctl", "--version"], r"systemd (\d+)"),
+    }
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (scenario, name, result)
+        for scenario in ("reference", "systemd")
+        if "contenders" in results.get(scenario, {})
+        for name, result in results[scenario]["contenders"].items()
+    ]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(10, 2.4 * len(panels)), squeeze=False)
+    for axis, (scenario, name, result) in zip(axes[:, 0], panels, strict=True):
+        samples = result["samples"]
+        if samples:
+            start = samples[0][0]
+            axis.plot(
+                [t - start for t, _ in samples],
+                [ms for _, ms in samples],
+                ",",
+                alpha=0.5,
+            )
+            for moment in result.get("reload_moments", []):
+                axis.axvline(moment - start, color="red", linewidth=0.6, alpha=0.6)
+        axis.set_title(
+            f"{scenario}: {name} — {result['failed']} failed of {result['requests']}",
+            fontsize=9,
+        )
+        axis.set_ylabel("latency (ms)")
+        axis.set_yscale("log")
+    axes[-1, 0].set_xlabel("seconds since the first request (red: reload requested)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    facts = results["machine"]
+    lines = [
+        f"Run of {results['date']} (`make bench MODE={results['mode']}`), "
+        f"{facts['nproc']} cores, Linux {facts['kernel']}, ab {facts['ab']}, "
+        f"server-starter {facts['server_starter']}, "
+        f"Perl Server::Starter {facts['perl_server_starter']}.",
+        "",
+    ]
+    for scenario in ("reference", "systemd"):
+        block = results.get(scenario, {})
+        if "contenders" not in block:
+            continue
+        lines += [
+            f"**{scenario}**: {block['load']}",
+            "",
+            "| contender | requests | failed | non-2xx | req/s | vs baseline | p50 ms "
+            "| p99 ms | max ms | reloads |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in block["contenders"].items():
+            ratio = r.get("throughput_vs_baseline")
+            lines.append(
+                f"| {name} | {r['requests']:,} | {r['failed']:,} | {r['non_2xx']:,} "
+                f"| {r['requests_per_second']:,.0f} | {'' if ratio is None else f'{ratio:.2f}'} "
+                f"| {r['latency_ms']['p50']:g} | {r['latency_ms']['p99']:g} "
+                f"| {r['latency_ms']['max']:g} | {r['reloads']} |"
+            )
+        lines.append("")
+    lines += [
+        "**reload latency** (HUP to old generation signalled / to new generation "
+        "answering, median of the repeats, seconds):",
+        "",
+        "| contender | old signalled | new answers | nobody accepting |",
+        "|---|---|---|---|",
+    ]
+    for name, r in results["latency"].items():
+        gap = r["nobody_accepting_s"]
+        lines.append(
+            f"| {name} | {r['old_signalled_s']['median']:.2f} | {r['new_answers_s']['median']:.2f} "
+            f"| {gap['median']:.2f} (max {gap['max']:.2f}) |"
+        )
+    lines += [
+        "",
+        "**footprint** (the superdaemon alone):",
+        "",
+        "| superdaemon | RSS idle | CPU idle | wake-ups/min idle | RSS after reloads "
+        "| CPU per reload |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results["footprint"].items():
+        lines.append(
+            f"| {name} | {r['idle_rss_kib'] / 1024:.1f} MiB | {r['idle_cpu_s']:.2f} s in "
+            f"{r['idle_seconds']:g} s | {r['idle_wakeups_per_minute']:g} "
+            f"| {r['rss_kib_after_reloads'] / 1024:.1f} MiB after {r['reloads']} "
+            f"| {r['cpu_ms_per_reload']:g} ms |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+
+
+def update_readme(table: str, plot_path: Path) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if README_START not in text:
+        return
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    image = f"![latency over time]({plot_path.relative_to(ROOT)})\n"
+    readme.write_text(f"{head}{README_START}\n{table}\n{image}{README_END}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    profile = PROFILES[args.mode]
+    if shutil.which("ab") is None:
+        print("bench: ab not found (apt-get install apache2-utils)", file=sys.stderr)
+        return 1
+    if profile["systemd"] and os.geteuid() != 0:
+        print("bench: the systemd scenario boots a container: run as root", file=sys.stderr)
+        return 1
+    # ab -c 1000 and a thousand connections per worker need the descriptors.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if wanted < 4 * profile["concurrency"]:
+        print(f"bench: the descriptor limit ({wanted}) is too low for the load", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "date": stamp,
+        "mode": args.mode,
+        "profile": profile,
+        "machine": machine_facts(),
+    }
+    with tempfile.TemporaryDirectory(prefix="server-starter-bench-") as tmp:
+        workdir = Path(tmp)
+        results["reference"] = reference(profile, workdir)
+        if profile["systemd"]:
+            results["systemd"] = systemd_scenario(profile, workdir)
+        else:
+            results["systemd"] = {"skipped": f"not run in {args.mode} mode"}
+        log("latency")
+        results["latency"] = latency(profile, workdir)
+        log("footprint")
+        results["footprint"] = footprint(profile)
+    results["duration_s"] = round(time.monotonic() - started, 1)
+    json_path, plot_path = args.out / f"{stamp}.json", args.out / f"{stamp}.png"
+    plot(results, plot_path)
+    table = markdown(results)
+    for scenario in ("reference", "systemd"):
+        for result in results[scenario].get("contenders", {}).values():
+            result.pop("samples")  # in the plot; too many for the JSON
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    if args.mode != "smoke" and args.out.resolve().is_relative_to(ROOT):
+        update_readme(table, plot_path.resolve())
+    print(table)
+    log(f"wrote {json_path} and {plot_path} in {results['duration_s']:g} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The benchmark harness itself (``make bench MODE=smoke``): a tiny run of
+every host scenario, whose JSON must be complete.  The figures of a real run
+come from ``make bench``; here only the harness and the zero-failure claim
+are checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import ROOT
+
+pytestmark = pytest.mark.load
+
+
+def test_smoke_run_writes_complete_results(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "benchmark.py"), "--mode=smoke", f"--out={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (json_path,) = tmp_path.glob("*.json")
+    (png_path,) = tmp_path.glob("*.png")
+    assert png_path.stat().st_size > 10_000
+    results = json.loads(json_path.read_text())
+    assert results["mode"] == "smoke"
+    assert set(results["machine"]) >= {"nproc", "kernel", "perl_server_starter", "ab"}
+    assert results["systemd"] == {"skipped": "not run in smoke mode"}
+
+    contenders = results["reference"]["contenders"]
+    assert len(contenders) == 3
+    requests = results["profile"]["requests"]
+    for name, figures in contenders.items():
+        assert figures["requests"] == requests, name
+        assert figures["requests_per_second"] > 0
+        assert 100 <= figures["latency_ms"]["p50"] <= figures["latency_ms"]["p99"]
+        assert figures["latency_ms"]["p99"] <= figures["latency_ms"]["max"]
+        assert figures["throughput_vs_baseline"] > 0
+        assert "samples" not in figures
+    ours = contenders["ours: start_server, HUP every 1 s"]
+    assert ours["reloads"] >= 1 and len(ours["reload_moments"]) == ours["reload_requests"]
+    assert (ours["failed"], ours["non_2xx"], ours["refused"]) == (0, 0, 0)
+
+    assert len(results["latency"]) == 6
+    for figures in results["latency"].values():
+        assert figures["repeats"] == results["profile"]["latency_repeats"]
+        for key in ("old_signalled_s", "new_answers_s", "nobody_accepting_s"):
+            assert set(figures[key]) == {"median", "min", "max"}
+    slow = results["profile"]["slow_boot"]
+    # Ours signals the old generation only once the new one is ready.
+    strict = results["latency"][f"ours --require-notify, app ready in {slow:g} s"]
+    assert strict["old_signalled_s"]["min"] >= slow
+
+    for figures in results["footprint"].values():
+        assert figures["idle_rss_kib"] > 1000
+        assert figures["reloads"] == results["profile"]["footprint_reloads"]
+        assert figures["cpu_ms_per_reload"] >= 0
+    assert "| contender |" in result.stdout, "the markdown table is printed"
