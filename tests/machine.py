@@ -125,8 +125,14 @@ class Machine:
             )
             if result.stdout.strip() in ("running", "degraded"):
                 return
-            # Right after exec, PID 1 has no bus to answer on yet.
-            if "Failed to connect to bus" not in result.stderr or time.monotonic() > deadline:
+            # Right after exec, PID 1 has no bus to answer on yet, or answers
+            # "offline" before it has begun its start-up transaction.
+            starting = "Failed to connect to bus" in result.stderr or result.stdout.strip() in (
+                "offline",
+                "initializing",
+                "starting",
+            )
+            if not starting or time.monotonic() > deadline:
                 raise MachineError(f"container did not boot: {result.stdout} {result.stderr}")
             time.sleep(0.1)
 
