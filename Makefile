@@ -26,7 +26,7 @@ test: lint
 deb: deps
 	scripts/build-deb.sh
 
-# MODE=full (default, about 15 minutes), quick (under 5) or smoke (the harness only).
+# MODE=full (default, about 10 minutes), quick (under 5) or smoke (the harness only).
 MODE ?= full
 bench: deps
 	$(BIN)/python bench/benchmark.py --mode=$(MODE)
