@@ -180,6 +180,20 @@ def reloading(reload: Callable[[], None] | None) -> Iterator[list[float]]:
             thread.join(120)
 
 
+def load_while_reloading(
+    port: int, reload: Callable[[], None] | None, profile: dict[str, Any], workdir: Path
+) -> dict[str, Any]:
+    """The profile's ab load on /slow, with ``reload`` requested every
+    RELOAD_EVERY seconds meanwhile (none when it is None)."""
+    with reloading(reload) as moments:
+        result = run_ab(
+            f"http://127.0.0.1:{port}/slow", profile["requests"], profile["concurrency"], workdir
+        )
+    result["reload_requests"] = len(moments)
+    result["reload_moments"] = moments
+    return result
+
+
 # -- scenario 1: reference ------------------------------------------------------
 
 
@@ -215,15 +229,7 @@ def reference(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
             wait_until_serving(port)
             log(f"reference: {name}")
             reload = (lambda d=daemon: d.signal(signal.SIGHUP)) if reloads else None
-            with reloading(reload) as moments:
-                result = run_ab(
-                    f"http://127.0.0.1:{port}/slow",
-                    profile["requests"],
-                    profile["concurrency"],
-                    workdir,
-                )
-            result["reload_requests"] = len(moments)
-            result["reload_moments"] = moments
+            result = load_while_reloading(port, reload, profile, workdir)
             result["reloads"] = len(daemon.matches(r"starting new worker")) - 1
         finally:
             stop(daemon)
@@ -348,16 +354,8 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
             def reload(unit: str = unit, action: str = action) -> None:
                 machine.run("systemctl", action, unit, check=False, timeout=120)
 
-            with reloading(reload) as moments:
-                result = run_ab(
-                    f"http://127.0.0.1:{port}/slow",
-                    profile["requests"],
-                    profile["concurrency"],
-                    workdir,
-                )
-            result["reload_requests"] = len(moments)
-            result["reload_moments"] = moments
-            result["reloads"] = len(moments)
+            result = load_while_reloading(port, reload, profile, workdir)
+            result["reloads"] = result["reload_requests"]
             result["app"] = note
             result["unit_state_after"] = machine.run(
                 "systemctl", "is-active", unit, check=False
