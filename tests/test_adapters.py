@@ -82,8 +82,10 @@ def test_uvicorn_app_reloads_and_drains(tmp_path: Path) -> None:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
         assert generation_of(port) == 1
         assert restart(pid_file).returncode == 0
-        assert generation_of(port) == 2
+        # The old generation has been signalled, not yet reaped: until it has
+        # closed its listener, it may take a new connection and serve it.
         daemon.wait_for(r"^old worker \d+ died")
+        assert generation_of(port) == 2
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/slow")
         response = conn.getresponse()  # the headers: the request is in flight for 0.3 s more

@@ -13,8 +13,10 @@ which finishes the requests in flight (bounded by
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import sys
+from types import FrameType
 
 from . import listener
 
@@ -50,10 +52,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     class NotifyingServer(uvicorn.Server):
+        loop: asyncio.AbstractEventLoop | None = None
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
+            self.loop = asyncio.get_running_loop()
             if self.started:  # False when the app's lifespan start-up failed
                 listener.notify_ready(f"uvicorn {uvicorn.__version__} serving")
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn notices should_exit on its next 0.1 s tick; until then
+            # a retiring generation would still take new connections from the
+            # shared queue, so stop accepting now (shutdown closes them again).
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(self.stop_accepting)
+
+        def stop_accepting(self) -> None:
+            for server in self.servers:
+                server.close()
 
     sys.path.insert(0, args.app_dir)
     config = uvicorn.Config(
