@@ -100,16 +100,19 @@ class Daemon:
         """Wait until ``count`` output lines match ``pattern``; return the last."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
+        found: list[re.Match[str]] = []
+        scanned = 0  # lines already searched: a chatty worker can print 100,000s
         with self._changed:
             while True:
-                found = [m for m in map(regex.search, self.lines) if m]
+                found += [m for m in map(regex.search, self.lines[scanned:]) if m]
+                scanned = len(self.lines)
                 if len(found) >= count:
                     return found[count - 1]
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
                     raise AssertionError(
-                        f"waited for {count} line(s) matching {pattern!r}; output:\n"
-                        + "\n".join(self.lines)
+                        f"waited for {count} line(s) matching {pattern!r}, saw {len(found)}; "
+                        f"the last of {scanned} output lines:\n" + "\n".join(self.lines[-200:])
                     )
                 self._changed.wait(remaining)
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,7 @@ from support import (
 )
 
 CLOSES_LISTENER = [sys.executable, str(ROOT / "tests" / "workers" / "closes_listener.py")]
+NOISE = ROOT / "tests" / "workers" / "noise.py"
 pytestmark = pytest.mark.load
 
 
@@ -297,32 +300,39 @@ def test_worker_writing_megabytes_blocks_nothing(
     port, pid_file = free_port(), tmp_path / "pid"
     megabytes = 5
     text = "noise from the worker: the quick brown fox jumps over the lazy dog"
-    noisy = f"yes '{text}' | head -c {megabytes}000000 >&2 & exec \"$@\""
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--pid-file={pid_file}",
-        "--",
-        "sh",
-        "-c",
-        noisy,
-        "sh",
-        *EXAMPLE_APP,
-    ]
+    per_writer = megabytes * 1_000_000 // (len(text) + 1)
+    # Each generation starts the noise in the background, then becomes the app.
+    noise = shlex.join([sys.executable, str(NOISE), str(per_writer), text])
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}", "--"]
+    argv += ["sh", "-c", f'{noise} & exec "$@"', "sh", *EXAMPLE_APP]
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"is ready")
         with Load(port) as load:
             for _ in range(3):
                 result = restart(pid_file)
                 assert result.returncode == 0, result.stderr
-        # Unanchored patterns: the superdaemon's lines may follow a partial noise line.
-        daemon.wait_for(r"old worker \d+ died", count=3)
-        per_writer = megabytes * 1_000_000 // (len(text) + 1)
-        # A few noise lines are split by the superdaemon's own lines.
-        noise = daemon.wait_for(r"noise from the worker", count=4 * per_writer - 100, timeout=60)
-        assert noise is not None
+        daemon.wait_for(r"^old worker \d+ died", count=3)
+        # Every line whole and none lost: the superdaemon's own lines do not
+        # split them either.
+        daemon.wait_for(f"^{re.escape(text)}$", count=4 * per_writer, timeout=60)
     assert load.failures == [], load.failures[:5]
     report(capsys, f"4 generations writing {megabytes} MB each to stderr: {counts(load)}")
+
+
+def test_clients_hanging_up_mid_reply_leave_no_traceback() -> None:
+    port = free_port()
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"is ready")
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                client.sendall(b"GET /slow HTTP/1.0\r\n\r\n")
+                assert client.recv(12) == b"HTTP/1.0 200"
+                # Close with a reset while the handler sleeps before its second write.
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        daemon.signal(signal.SIGTERM)  # the drain waits for those five handlers
+        assert daemon.wait() == 0
+    assert "Traceback" not in daemon.output(), daemon.output()
 
 
 @contextlib.contextmanager

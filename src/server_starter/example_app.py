@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from . import listener
 
@@ -74,6 +75,13 @@ class Server(ThreadingHTTPServer):
         conn, address = self.socket.accept()
         conn.setblocking(True)
         return conn, address or ("unix", 0)
+
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client hung up mid-reply (a load tool stopping): no traceback
+        super().handle_error(request, client_address)
 
 
 def main() -> int:
