@@ -422,10 +422,12 @@ def test_envdir_vanishing_between_reloads(
             result = restart(pid_file)
             assert result.returncode == 0, result.stderr
             daemon.wait_for(rf"envdir {envdir} is missing; generation 2 starts without")
+            daemon.wait_for(r"^old worker \d+ died")  # until then it may still accept
             assert greeting(port).startswith("Hello ")
             envdir.mkdir()
             (envdir / "EXAMPLE_APP_MESSAGE").write_text("Back\n")
             assert restart(pid_file).returncode == 0
+            daemon.wait_for(r"^old worker \d+ died", count=2)
             assert greeting(port).startswith("Back ")
     assert load.failures == [], load.failures[:5]
     report(capsys, f"envdir removed, then restored, between reloads: {counts(load)}")

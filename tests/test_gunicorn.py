@@ -164,6 +164,7 @@ def test_broken_deploy_fails_fast_and_old_generation_serves(python: str, tmp_pat
         (envdir / "WSGI_APP_BROKEN").unlink()
         result = restart(pid_file)
         assert result.returncode == 0, result.stderr
+        daemon.wait_for(r"^old worker \d+ died")  # until then it may still accept
         assert generation_of(port) >= 3
 
 

@@ -91,6 +91,7 @@ def test_failed_generation_keeps_the_old_one(tmp_path: Path) -> None:
         (envdir / "EXAMPLE_APP_FAIL").unlink()
         result = restart(pid_file)
         assert result.returncode == 0, result.stderr
+        daemon.wait_for(r"^old worker \d+ died")  # until then it may still accept
         assert generation_of(port) >= 3
 
 

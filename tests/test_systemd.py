@@ -153,6 +153,15 @@ def generation(machine: Machine) -> int:
     return int(http_get(PORT)[1]["x-server-starter-generation"])
 
 
+def old_generations_gone(machine: Machine, timeout: float = 30) -> None:
+    """Until the signalled generations have exited: before that one of them
+    may still take a connection.  systemd offers no wait on STATUS=, so poll."""
+    deadline = time.monotonic() + timeout
+    while "draining" in (status := machine.show("app", "StatusText")):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+
+
 def journal(machine: Machine, *match: str) -> list[dict[str, str]]:
     out = machine.run("journalctl", "-u", "app", "-o", "json", "--no-pager", *match).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -254,6 +263,7 @@ def test_failed_reload_reports_failure_and_keeps_serving(machine: Machine) -> No
     finally:
         machine.sh("rm -f /etc/app/env/EXAMPLE_APP_FAIL")
     machine.run("systemctl", "reload", "app")
+    old_generations_gone(machine)
     assert generation(machine) > before
 
 
@@ -433,6 +443,7 @@ def test_upgrade_under_load_reloads_instead_of_restarting(
         machine.run("dpkg-query", "-W", "-f=${Version}", "server-starter-example").stdout == UPGRADE
     )
     assert machine.show("app", "MainPID") == main_pid, "the upgrade restarted the service"
+    old_generations_gone(machine)
     assert generation(machine) == before + 1
     assert ab.complete > 100, ab.output
     assert (ab.failed, ab.non_2xx) == (0, 0), ab.output
