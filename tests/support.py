@@ -290,14 +290,29 @@ class Load:
         return sum("ConnectionRefusedError" in failure for failure in self.failures)
 
 
-def restart(pid_file: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def run_start_server(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    cwd: Path | None = None,
+    pass_fds: Sequence[int] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Run start_server to completion (--restart, --stop, a bad command line)
+    and capture its output; ``env`` defaults to ``worker_env()``."""
     return subprocess.run(
-        [START_SERVER, "--restart", f"--pid-file={pid_file}"],
+        [START_SERVER, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=worker_env() if env is None else env,
+        cwd=cwd,
+        pass_fds=pass_fds,
         check=False,
     )
+
+
+def restart(pid_file: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return run_start_server("--restart", f"--pid-file={pid_file}", timeout=timeout)
 
 
 class FakeManager:

@@ -4,26 +4,20 @@ running superdaemon is never disturbed by a bad control command."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from support import EXAMPLE_APP, START_SERVER, free_port, generation_of, running, worker_env
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [START_SERVER, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=worker_env(),
-        cwd=cwd,
-        check=False,
-    )
-
+from support import (
+    EXAMPLE_APP,
+    START_SERVER,
+    free_port,
+    generation_of,
+    run_start_server,
+    running,
+    worker_env,
+)
 
 APP = ["--", sys.executable, "-c", "pass"]
 
@@ -70,7 +64,7 @@ def test_bad_input_is_one_line(args: list[str], message: str) -> None:
         and "server program not specified" not in message
     ):
         args += APP
-    result = run(*args)
+    result = run_start_server(*args)
     assert result.returncode != 0
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
@@ -80,7 +74,7 @@ def test_bad_input_is_one_line(args: list[str], message: str) -> None:
 def test_not_executable_program(tmp_path: Path) -> None:
     script = tmp_path / "app"
     script.write_text("#!/bin/sh\n")
-    result = run(f"--port=127.0.0.1:{free_port()}", "--", str(script))
+    result = run_start_server(f"--port=127.0.0.1:{free_port()}", "--", str(script))
     assert result.returncode == 2
     assert result.stderr == f"start_server: server program {script}: not executable (see --help)\n"
 
@@ -92,14 +86,14 @@ def test_port_in_use_and_non_socket_path(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run(f"--port=127.0.0.1:{port}", *APP)
+        result = run_start_server(f"--port=127.0.0.1:{port}", *APP)
     assert result.returncode == 1
     assert result.stderr == (
         f"start_server: failed to bind to 127.0.0.1:{port}: Address already in use\n"
     )
     regular = tmp_path / "data"
     regular.write_text("precious")
-    result = run(f"--path={regular}", *APP)
+    result = run_start_server(f"--path={regular}", *APP)
     assert result.returncode == 1
     assert "exists and is not a socket; refusing to remove it" in result.stderr
     assert regular.read_text() == "precious"
@@ -109,29 +103,14 @@ def test_pin_on_a_descriptor_already_open(tmp_path: Path) -> None:
     with open(tmp_path / "f", "w") as held:
         os.set_inheritable(held.fileno(), True)
         fd = held.fileno()
-        result = subprocess.run(
-            [START_SERVER, f"--port=127.0.0.1:{free_port()}={fd}", *APP],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=worker_env(),
-            pass_fds=[fd],
-            check=False,
-        )
+        result = run_start_server(f"--port=127.0.0.1:{free_port()}={fd}", *APP, pass_fds=[fd])
     assert result.returncode == 1
     assert result.stderr.endswith(f"to descriptor {fd}: it is already open\n")
 
 
 def test_bad_environment_values() -> None:
     env = worker_env(KILL_OLD_DELAY="later")
-    result = subprocess.run(
-        [START_SERVER, f"--port=127.0.0.1:{free_port()}", *APP],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        check=False,
-    )
+    result = run_start_server(f"--port=127.0.0.1:{free_port()}", *APP, env=env)
     assert result.returncode == 2
     assert result.stderr.startswith("start_server: KILL_OLD_DELAY: 'later' is not a number")
 
@@ -139,8 +118,8 @@ def test_bad_environment_values() -> None:
 def test_version_and_help() -> None:
     from server_starter import __version__
 
-    assert run("--version").stdout == f"{__version__}\n"
-    help_text = run("--help").stdout
+    assert run_start_server("--version").stdout == f"{__version__}\n"
+    help_text = run_start_server("--help").stdout
     for option in (
         "--port",
         "--path",
@@ -165,7 +144,7 @@ def test_version_and_help() -> None:
 
 
 def test_restart_with_nobody_listening_fails_clearly(tmp_path: Path) -> None:
-    result = run("--restart", f"--pid-file={tmp_path / 'pid'}")
+    result = run_start_server("--restart", f"--pid-file={tmp_path / 'pid'}")
     assert result.returncode == 1
     assert result.stderr.startswith("start_server: cannot reach start_server at ")
     assert result.stderr.count("\n") == 1
@@ -191,14 +170,14 @@ def test_bad_control_request_leaves_the_generation_serving(tmp_path: Path) -> No
             client.sendall(b"rm -rf /\n")
             assert client.recv(200) == b"error unknown request 'rm -rf /'\n"
         assert generation_of(port) == 1
-        result = run("--restart", f"--control-socket={control}")
+        result = run_start_server("--restart", f"--control-socket={control}")
         assert result.returncode == 0, result.stderr
         assert generation_of(port) == 2
 
 
 def test_log_file_and_daemonize(tmp_path: Path) -> None:
     port, log, pid_file = free_port(), tmp_path / "log", tmp_path / "pid"
-    result = run(
+    result = run_start_server(
         f"--port=127.0.0.1:{port}",
         f"--log-file={log}",
         "--daemonize",
@@ -211,11 +190,11 @@ def test_log_file_and_daemonize(tmp_path: Path) -> None:
     try:
         daemon_pid = int(pid_file.read_text())
         assert daemon_pid != os.getpid()
-        restarted = run("--restart", f"--pid-file={pid_file}")
+        restarted = run_start_server("--restart", f"--pid-file={pid_file}")
         assert restarted.returncode == 0, restarted.stderr
         assert generation_of(port) == 2
         assert "starting new worker" in log.read_text()
     finally:
-        stop = run("--stop", f"--pid-file={pid_file}")
+        stop = run_start_server("--stop", f"--pid-file={pid_file}")
         assert stop.returncode == 0, stop.stderr
     assert "exiting" in log.read_text()

@@ -33,6 +33,7 @@ from support import (
     http_get,
     report,
     restart,
+    run_start_server,
     running,
     wait_for_file,
     worker_env,
@@ -385,14 +386,7 @@ def test_status_directory_read_only_or_full(
         # A pid file that cannot be written is a one-line error at start.
         subprocess.run(["mount", "-o", "remount,ro", str(run)], check=True)
         pid_file = f"--pid-file={run / 'new.pid'}"
-        result = subprocess.run(
-            [START_SERVER, f"--port=127.0.0.1:{free_port()}", pid_file, "--", *EXAMPLE_APP],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=worker_env(),
-            check=False,
-        )
+        result = run_start_server(f"--port=127.0.0.1:{free_port()}", pid_file, "--", *EXAMPLE_APP)
     assert result.returncode != 0
     assert result.stderr.count("\n") == 1 and "Read-only file system" in result.stderr
     assert load.failures == [], load.failures[:5]
@@ -529,14 +523,7 @@ def test_bad_commands_beside_a_running_superdaemon_disturb_nothing(tmp_path: Pat
         daemon.wait_for(r"is ready")
         with Load(port) as load:
             for args, message in bad_commands:
-                result = subprocess.run(
-                    [START_SERVER, *args],
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                    env=worker_env(),
-                    check=False,
-                )
+                result = run_start_server(*args)
                 assert result.returncode != 0, args
                 assert result.stderr.count("\n") == 1, result.stderr
                 assert message in result.stderr and "Traceback" not in result.stderr

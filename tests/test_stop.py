@@ -15,6 +15,7 @@ from support import (
     START_SERVER,
     free_port,
     pid_alive,
+    run_start_server,
     running,
     wait_for_reports,
     worker_env,
@@ -98,7 +99,6 @@ def test_no_signal_orphans_a_worker(tmp_path: Path, stop_signal: signal.Signals)
 
 
 def test_stop_command_waits_for_exit(tmp_path: Path) -> None:
-    import subprocess
 
     pid_file = tmp_path / "pid"
     argv = [
@@ -110,12 +110,6 @@ def test_stop_command_waits_for_exit(tmp_path: Path) -> None:
     ]
     with running(argv, env=worker_env(REPORT_DIR=str(tmp_path))) as daemon:
         daemon.wait_for(r"is ready")
-        result = subprocess.run(
-            [START_SERVER, "--stop", f"--pid-file={pid_file}"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        result = run_start_server("--stop", f"--pid-file={pid_file}")
         assert result.returncode == 0, result.stderr
         assert daemon.proc.poll() is not None, "--stop returned before start_server exited"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 from support import (
@@ -14,6 +13,7 @@ from support import (
     START_SERVER,
     FakeManager,
     free_port,
+    run_start_server,
     running,
     wait_for_reports,
     worker_env,
@@ -41,14 +41,7 @@ def test_notify_protocol_and_reload_through_runtime_directory(tmp_path: Path) ->
         assert first["env"]["NOTIFY_SOCKET"] != str(manager.path)
         assert first["env"]["NOTIFY_SOCKET"].startswith("@server-starter/")
 
-        reload = subprocess.run(
-            [START_SERVER, "--restart"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        reload = run_start_server("--restart", env=env)
         assert reload.returncode == 0, reload.stderr
         reloading = manager.until("RELOADING")
         assert reloading["RELOADING"] == "1"
@@ -90,14 +83,7 @@ def test_failed_reload_tells_systemd_it_is_ready_again(tmp_path: Path) -> None:
     with running(argv, env=env):
         manager.until("READY")
         flag.write_text("")
-        reload = subprocess.run(
-            [START_SERVER, "--restart"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        reload = run_start_server("--restart", env=env)
         assert reload.returncode == 1
         assert "generation 2 failed to start: exited before it was ready, exit code 3" in (
             reload.stderr
