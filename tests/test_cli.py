@@ -4,6 +4,7 @@ running superdaemon is never disturbed by a bad control command."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from support import (
     generation_of,
     run_start_server,
     running,
+    wait_for_file,
     worker_env,
 )
 
@@ -172,6 +174,7 @@ def test_bad_control_request_leaves_the_generation_serving(tmp_path: Path) -> No
         assert generation_of(port) == 1
         result = run_start_server("--restart", f"--control-socket={control}")
         assert result.returncode == 0, result.stderr
+        daemon.wait_for(r"^old worker \d+ died")  # until then it may still accept
         assert generation_of(port) == 2
 
 
@@ -192,6 +195,8 @@ def test_log_file_and_daemonize(tmp_path: Path) -> None:
         assert daemon_pid != os.getpid()
         restarted = run_start_server("--restart", f"--pid-file={pid_file}")
         assert restarted.returncode == 0, restarted.stderr
+        # Until the old worker has exited it may still accept.
+        wait_for_file(log, lambda text: re.search(r"^old worker \d+ died", text, re.M))
         assert generation_of(port) == 2
         assert "starting new worker" in log.read_text()
     finally:
