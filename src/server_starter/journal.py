@@ -70,10 +70,6 @@ class EventLog:
         if to_journal and self._journal is None:
             self.stream.write("start_server: python3-systemd is not installed; logging to stderr\n")
 
-    @property
-    def journal_enabled(self) -> bool:
-        return self._journal is not None
-
     def event(
         self,
         event: Event,
