@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,8 +84,6 @@ def test_not_executable_program(tmp_path: Path) -> None:
 
 
 def test_port_in_use_and_non_socket_path(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -153,8 +153,6 @@ def test_restart_with_nobody_listening_fails_clearly(tmp_path: Path) -> None:
 
 
 def test_bad_control_request_leaves_the_generation_serving(tmp_path: Path) -> None:
-    import socket
-
     port, control = free_port(), tmp_path / "control.sock"
     argv = [
         START_SERVER,
@@ -176,6 +174,19 @@ def test_bad_control_request_leaves_the_generation_serving(tmp_path: Path) -> No
         assert result.returncode == 0, result.stderr
         daemon.wait_for(r"^old worker \d+ died")  # until then it may still accept
         assert generation_of(port) == 2
+
+
+def test_restart_client_reads_a_refusal_sent_before_its_request() -> None:
+    # The superdaemon answers a refused peer and closes at once; writing the
+    # request then fails with EPIPE, and the answer must still be read.
+    from server_starter.control import exchange
+
+    client, superdaemon = socket.socketpair()
+    superdaemon.sendall(b"error permission denied\n")
+    superdaemon.close()
+    with client:
+        reply = exchange(client, "reload", time.monotonic() + 10, 10)
+    assert reply == b"error permission denied\n"
 
 
 def test_log_file_and_daemonize(tmp_path: Path) -> None:

@@ -164,26 +164,37 @@ def request(path: str, command: str, timeout: float) -> str:
             raise ControlError(
                 f"cannot reach start_server at {path}: {err.strerror or err}"
             ) from None
-        sock.sendall(command.encode() + b"\n")
-        reply = b""
-        while not reply.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ControlError(f"no answer from start_server within {timeout:g} s")
-            sock.settimeout(remaining)
-            try:
-                chunk = sock.recv(4096)
-            except TimeoutError:
-                raise ControlError(f"no answer from start_server within {timeout:g} s") from None
-            if not chunk:
-                raise ControlError("start_server closed the control connection without answering")
-            reply += chunk
+        reply = exchange(sock, command, deadline, timeout)
     finally:
         sock.close()
     status, _, message = reply.decode(errors="replace").strip().partition(" ")
     if status == "ok":
         return message
     raise ControlError(message or "start_server refused the request")
+
+
+def exchange(sock: socket.socket, command: str, deadline: float, timeout: float) -> bytes:
+    """Write the request line and read the answer line on a connected socket."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        # A superdaemon that refuses a peer answers and closes at once, maybe
+        # before the request is written: its answer is still there to read.
+        sock.sendall(command.encode() + b"\n")
+    reply = b""
+    while not reply.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ControlError(f"no answer from start_server within {timeout:g} s")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            raise ControlError(f"no answer from start_server within {timeout:g} s") from None
+        except OSError as err:
+            raise ControlError(f"lost the control connection: {err.strerror or err}") from None
+        if not chunk:
+            raise ControlError("start_server closed the control connection without answering")
+        reply += chunk
+    return reply
 
 
 def stop(pid_file: str, timeout: float) -> int:
