@@ -7,8 +7,9 @@ set -eu
 # Runtime and tests: Debian's python3 with python3-systemd, Perl's
 # start_server to compare with, ab for load, systemd-socket-activate.
 SYSTEM_PACKAGES="python3 python3-venv python3-systemd libserver-starter-perl apache2-utils curl systemd"
-# gunicorn as Debian ships it (20.1), tested beside the newest from PyPI.
-SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-gunicorn"
+# gunicorn as Debian ships it (20.1), tested beside the newest from PyPI;
+# uvloop, the event loop the example app runs on when it is installed.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-gunicorn python3-uvloop"
 # make deb: building the packages offline, and checking them.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES dpkg-dev debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian"
 # End-to-end tests: a bookworm root file system booted with systemd-nspawn.

@@ -29,6 +29,7 @@ PACKAGES = (
     "python3",
     "python3-systemd",
     "python3-gunicorn",
+    "python3-uvloop",
     "libserver-starter-perl",
 )
 CACHE = Path(os.environ.get("SERVER_STARTER_TEST_CACHE", "/var/cache/server-starter-tests"))

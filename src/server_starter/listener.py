@@ -29,6 +29,7 @@ __all__ = [
     "notify_status",
     "notify_stopping",
     "ports",
+    "start_asyncio_protocol_servers",
     "start_asyncio_servers",
 ]
 
@@ -36,6 +37,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
     from typing import Any, TypeVar
+
+    from .asyncio_servers import AsyncioServers
 
     ServerT = TypeVar("ServerT", bound=socketserver.BaseServer)
 
@@ -126,19 +129,23 @@ async def start_asyncio_servers(
     client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
     environ: Mapping[str, str] | None = None,
     **kwargs: Any,
-) -> list[asyncio.Server]:
-    """``asyncio.start_server`` (or ``start_unix_server``) on every inherited
-    stream socket.  On SIGTERM: ``server.close()`` stops accepting; finish the
-    connections in flight, then exit."""
-    import asyncio
+) -> AsyncioServers:
+    """``asyncio.start_server`` on every inherited stream socket (TCP or
+    unix).  On SIGTERM, ``await servers.drain(timeout)``: it stops accepting
+    without losing a connection and waits for every one accepted.  See
+    ``server_starter.asyncio_servers``."""
+    from . import asyncio_servers
 
-    servers = []
-    for sock in listen_all(environ):
-        if sock.type != socket.SOCK_STREAM:
-            continue
-        if sock.family == socket.AF_UNIX:
-            server = await asyncio.start_unix_server(client_connected_cb, sock=sock, **kwargs)
-        else:
-            server = await asyncio.start_server(client_connected_cb, sock=sock, **kwargs)
-        servers.append(server)
-    return servers
+    return await asyncio_servers.start_asyncio_servers(client_connected_cb, environ, **kwargs)
+
+
+async def start_asyncio_protocol_servers(
+    protocol_factory: Callable[[], asyncio.Protocol],
+    environ: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> AsyncioServers:
+    """``loop.create_server(protocol_factory)`` on every inherited stream
+    socket, with the same ``drain()``."""
+    from . import asyncio_servers
+
+    return await asyncio_servers.start_asyncio_protocol_servers(protocol_factory, environ, **kwargs)

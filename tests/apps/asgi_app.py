@@ -18,5 +18,8 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         await send({"type": "http.response.body", "body": b"generation ", "more_body": True})
         await asyncio.sleep(0.3)
         await send({"type": "http.response.body", "body": f"{GENERATION}\n".encode()})
+    elif scope["path"] == "/pause":  # the seed's 100 ms handler, a body of one length for ab
+        await asyncio.sleep(0.1)
+        await send({"type": "http.response.body", "body": b"hello\n"})
     else:
         await send({"type": "http.response.body", "body": f"generation {GENERATION}\n".encode()})

@@ -27,12 +27,7 @@ async def main() -> None:
     servers = await listener.start_asyncio_servers(handle)
     listener.notify_ready()
     await stop.wait()
-    for server in servers:
-        server.close()  # stop accepting; connections in flight carry on
-    for server in servers:
-        await server.wait_closed()  # until they are done (Python 3.12+ waits; 3.11 does not)
-    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    await asyncio.gather(*pending)
+    await servers.drain(timeout=30)  # stop accepting, finish every accepted connection
 
 
 asyncio.run(main())

@@ -1,0 +1,44 @@
+"""A gunicorn worker class for ASGI apps that drains without a reset:
+
+    start_server --port 8000 --require-notify -- \\
+        gunicorn -c python:server_starter.gunicorn \\
+            -k server_starter.uvicorn_worker.UvicornWorker myapp:app -w 4
+
+uvicorn's own ``uvicorn.workers.UvicornWorker`` with the drain of
+``server_starter.uvicorn``: on SIGTERM (gunicorn's graceful stop, or the
+old workers of gunicorn's own HUP) it stops accepting at once and serves
+every connection it has accepted, ending each with a lingering close.
+Works under the superdaemon and under a plain gunicorn alike.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+from gunicorn.arbiter import Arbiter
+
+from .uvicorn import draining_classes
+
+with warnings.catch_warnings():
+    # uvicorn.workers is deprecated in favour of the uvicorn-worker package,
+    # which has the same class; this one is what uvicorn still ships.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from uvicorn.workers import UvicornWorker as _UvicornWorker
+
+__all__ = ["UvicornWorker"]
+
+_Protocol, _Server = draining_classes()
+
+
+class UvicornWorker(_UvicornWorker):
+    CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": _Protocol}  # noqa: RUF012 - as uvicorn declares it
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        server = _Server(config=self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
