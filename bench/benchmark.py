@@ -37,9 +37,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,8 @@ from support import (  # noqa: E402 - the tests' real-process helpers
     Daemon,
     free_port,
     http_get,
+    reloading,
+    run_ab,
     worker_env,
 )
 
@@ -97,95 +98,13 @@ def log(message: str) -> None:
 # -- load ---------------------------------------------------------------------
 
 
-def run_ab(url: str, requests: int, concurrency: int, workdir: Path) -> dict[str, Any]:
-    """ab -r -n -c, with per-request timings (-g) for percentiles and the plot."""
-    timings = workdir / f"ab-{time.monotonic_ns()}.tsv"
-    command = ["ab", "-r", "-q", "-s", "60", "-n", str(requests), "-c", str(concurrency)]
-    result = subprocess.run(
-        [*command, "-g", str(timings), url],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-
-    def figure(name: str, kind: Callable[[str], float] = int) -> float:
-        match = re.search(rf"^{name}:\s+([\d.]+)", output, re.M)
-        return kind(match.group(1)) if match else 0
-
-    samples: list[tuple[float, int]] = []  # (start, epoch seconds; total ms)
-    if timings.exists():
-        for line in timings.read_text().splitlines()[1:]:
-            fields = line.split("\t")
-            with contextlib.suppress(ValueError, IndexError):
-                samples.append((float(fields[1]), int(fields[4])))
-    samples.sort()
-    totals = sorted(ms for _, ms in samples)
-    breakdown = re.search(
-        r"\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)", output
-    )
-    return {
-        "requests": int(figure("Complete requests")),
-        "failed": int(figure("Failed requests")),
-        "refused": int(breakdown.group(1)) if breakdown else 0,
-        # ab counts a failed request once per kind of failure it saw
-        "failures_by_kind": dict(
-            zip(
-                ("connect", "receive", "length", "exceptions"),
-                map(int, breakdown.groups()) if breakdown else (0, 0, 0, 0),
-                strict=True,
-            )
-        ),
-        "non_2xx": int(figure("Non-2xx responses")),
-        "requests_per_second": figure("Requests per second", float),
-        "latency_ms": {
-            "p50": percentile(totals, 50),
-            "p99": percentile(totals, 99),
-            "max": totals[-1] if totals else 0,
-        },
-        "ab_exit": result.returncode,
-        "samples": samples,
-    }
-
-
-def percentile(ordered: list[int], pct: float) -> float:
-    if not ordered:
-        return 0.0
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
-    return float(ordered[index])
-
-
-@contextlib.contextmanager
-def reloading(reload: Callable[[], None] | None) -> Iterator[list[float]]:
-    """Request a reload every RELOAD_EVERY seconds while the block runs;
-    yields the list of wall-clock moments at which each was requested."""
-    moments: list[float] = []
-    done = threading.Event()
-
-    def loop() -> None:
-        while not done.wait(RELOAD_EVERY):
-            assert reload is not None
-            moments.append(time.time())
-            reload()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    if reload is not None:
-        thread.start()
-    try:
-        yield moments
-    finally:
-        done.set()
-        if reload is not None:
-            thread.join(120)
-
-
 def load_while_reloading(
     port: int, reload: Callable[[], None] | None, profile: dict[str, Any], workdir: Path
 ) -> dict[str, Any]:
     """The profile's ab load on /slow, with ``reload`` requested every
     RELOAD_EVERY seconds meanwhile (none when it is None)."""
-    with reloading(reload) as moments:
+    moments: list[float] = []
+    with reloading(reload, RELOAD_EVERY) if reload else contextlib.nullcontext(moments) as moments:
         result = run_ab(
             f"http://127.0.0.1:{port}/slow", profile["requests"], profile["concurrency"], workdir
         )

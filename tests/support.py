@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +288,164 @@ class Load:
 
     def refused(self) -> int:
         return sum("ConnectionRefusedError" in failure for failure in self.failures)
+
+
+def aborted_on_close() -> int:
+    """The kernel's count of sockets closed with data unread (``nstat``'s
+    TcpExtTCPAbortOnClose): each is a reset the client sees, a request lost
+    without a reply.  System-wide; read it before and after a run."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["TCPAbortOnClose"])
+    raise RuntimeError("no TcpExt line in /proc/net/netstat")
+
+
+def run_ab(
+    url: str, requests: int, concurrency: int, workdir: Path, timeout: float = 1800
+) -> dict[str, Any]:
+    """``ab -r -n -c`` (HTTP/1.0, a connection per request), with
+    per-request timings (-g) for percentiles and plots.  ab counts a failed
+    request once for each kind of failure it saw: "receive" and "exceptions"
+    are requests lost, "length" alone a body of another length.  "resets" is
+    the kernel's count of aborted connections meanwhile."""
+    timings = workdir / f"ab-{time.monotonic_ns()}.tsv"
+    command = ["ab", "-r", "-q", "-s", "60", "-n", str(requests), "-c", str(concurrency)]
+    resets_before = aborted_on_close()
+    result = subprocess.run(
+        [*command, "-g", str(timings), url],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    resets = aborted_on_close() - resets_before
+    output = result.stdout + result.stderr
+
+    def figure(name: str, kind: Callable[[str], float] = int) -> float:
+        match = re.search(rf"^{name}:\s+([\d.]+)", output, re.M)
+        return kind(match.group(1)) if match else 0
+
+    samples: list[tuple[float, int]] = []  # (start, epoch seconds; total ms)
+    if timings.exists():
+        for line in timings.read_text().splitlines()[1:]:
+            fields = line.split("\t")
+            with contextlib.suppress(ValueError, IndexError):
+                samples.append((float(fields[1]), int(fields[4])))
+        timings.unlink()
+    samples.sort()
+    totals = sorted(ms for _, ms in samples)
+    breakdown = re.search(
+        r"\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)", output
+    )
+    return {
+        "requests": int(figure("Complete requests")),
+        "failed": int(figure("Failed requests")),
+        "refused": int(breakdown.group(1)) if breakdown else 0,
+        "failures_by_kind": dict(
+            zip(
+                ("connect", "receive", "length", "exceptions"),
+                map(int, breakdown.groups()) if breakdown else (0, 0, 0, 0),
+                strict=True,
+            )
+        ),
+        "resets": resets,
+        "non_2xx": int(figure("Non-2xx responses")),
+        "requests_per_second": figure("Requests per second", float),
+        "latency_ms": {
+            "p50": percentile(totals, 50),
+            "p99": percentile(totals, 99),
+            "max": totals[-1] if totals else 0,
+        },
+        "ab_exit": result.returncode,
+        "samples": samples,
+    }
+
+
+def percentile(ordered: list[int], pct: float) -> float:
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
+    return float(ordered[index])
+
+
+@contextlib.contextmanager
+def reloading(reload: Callable[[], object], every: float) -> Iterator[list[float]]:
+    """Call ``reload`` every ``every`` seconds while the block runs; yields
+    the list of wall-clock moments at which each was called."""
+    moments: list[float] = []
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(every):
+            moments.append(time.time())
+            reload()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield moments
+    finally:
+        done.set()
+        thread.join(120)
+
+
+class KeepAliveLoad:
+    """HTTP/1.1 clients that reuse their connection for request after
+    request, as a connection pool does, each on its own thread.  A
+    connection the server ends cleanly before answering (EOF: nothing of the
+    request was served) is counted and replaced, as pools retry then; a
+    reset, a broken reply or a wrong status is a failure."""
+
+    def __init__(self, port: int, path: str, threads: int = 50) -> None:
+        self.port, self.path = port, path
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.served = 0
+        self.clean_closes = 0
+        self.connections = 0
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            with self.lock:
+                self.connections += 1
+            try:
+                self._requests(conn)
+            except http.client.RemoteDisconnected:
+                with self.lock:  # EOF before the status line: ended cleanly, unserved
+                    self.clean_closes += 1
+            except Exception as err:  # resets and anything else count as failures
+                with self.lock:
+                    self.failures.append(repr(err))
+            finally:
+                conn.close()
+
+    def _requests(self, conn: http.client.HTTPConnection) -> None:
+        """Requests on one connection until the server says it will close it."""
+        while not self.stop.is_set():
+            conn.request("GET", self.path)
+            response = conn.getresponse()
+            body = response.read()
+            with self.lock:
+                if response.status == 200 and body:
+                    self.served += 1
+                else:
+                    self.failures.append(f"{response.status} {body!r}")
+            if response.will_close:
+                return
+
+    def __enter__(self) -> KeepAliveLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
 
 
 def run_start_server(
