@@ -117,9 +117,12 @@ def test_keep_alive_connections_end_cleanly_across_reloads(
     with running(start_server(port, worker), env=worker_env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready")
         resets_before = aborted_on_close()
-        with KeepAliveLoad(port, "/slow", threads=40) as slow, KeepAliveLoad(port, "/", 40) as fast:
-            with reloading(lambda: daemon.signal(signal.SIGHUP), RELOAD_EVERY):
-                daemon.wait_for(r"\(generation 16\) is ready", timeout=60)
+        with (
+            KeepAliveLoad(port, "/slow", threads=40) as slow,
+            KeepAliveLoad(port, "/", threads=40) as fast,
+            reloading(lambda: daemon.signal(signal.SIGHUP), RELOAD_EVERY),
+        ):
+            daemon.wait_for(r"\(generation 16\) is ready", timeout=60)
         resets = aborted_on_close() - resets_before
         reloads = reloads_done(daemon)
     served = slow.served + fast.served
