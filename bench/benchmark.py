@@ -6,11 +6,15 @@ Scenarios (see the README, "Benchmark"):
 1. reference: ``ab -r -n N -c C`` on the example app's /slow (writes
    "Hello, ", flushes, sleeps 100 ms, writes the rest) while a reload is
    requested every second: our start_server, Perl's start_server 0.35, and
-   the same app under ours with no reload at all (the baseline).
+   the same app under ours with no reload at all (the baseline); then an
+   ASGI app's /pause (100 ms): the uvicorn adapter under ours, and gunicorn
+   with our UvicornWorker and with uvicorn's, each reloaded by its own HUP.
 2. systemd: the same load in a booted systemd 252, a reload every second:
    ``systemctl reload`` of our units; ``systemctl restart`` of the app
    socket-activated with no superdaemon; gunicorn with
-   ``ExecReload=kill -HUP $MAINPID``; and the same gunicorn under ours.
+   ``ExecReload=kill -HUP $MAINPID``; the same gunicorn under ours; the
+   uvicorn adapter under ours; plain uvicorn socket-activated with
+   ``systemctl restart``; gunicorn with our UvicornWorker and its own HUP.
 3. latency: from the reload request to the old generation's signal, and to
    the first answer of the new generation, for an app ready in 50 ms and one
    ready in 2 s; ours (readiness notified) against Perl's (--interval rule).
@@ -39,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -99,14 +104,18 @@ def log(message: str) -> None:
 
 
 def load_while_reloading(
-    port: int, reload: Callable[[], None] | None, profile: dict[str, Any], workdir: Path
+    port: int,
+    reload: Callable[[], None] | None,
+    profile: dict[str, Any],
+    workdir: Path,
+    path: str = "/slow",
 ) -> dict[str, Any]:
-    """The profile's ab load on /slow, with ``reload`` requested every
+    """The profile's ab load on ``path``, with ``reload`` requested every
     RELOAD_EVERY seconds meanwhile (none when it is None)."""
     moments: list[float] = []
     with reloading(reload, RELOAD_EVERY) if reload else contextlib.nullcontext(moments) as moments:
         result = run_ab(
-            f"http://127.0.0.1:{port}/slow", profile["requests"], profile["concurrency"], workdir
+            f"http://127.0.0.1:{port}{path}", profile["requests"], profile["concurrency"], workdir
         )
     result["reload_requests"] = len(moments)
     result["reload_moments"] = moments
@@ -116,14 +125,44 @@ def load_while_reloading(
 # -- scenario 1: reference ------------------------------------------------------
 
 
+APPS = ROOT / "tests" / "apps"
+UVICORN_ADAPTER = [
+    sys.executable,
+    "-m",
+    "server_starter.uvicorn",
+    "asgi_app:app",
+    f"--app-dir={APPS}",
+    "--log-level=warning",
+]
+OUR_UVICORN_WORKER = "server_starter.uvicorn_worker.UvicornWorker"
+STOCK_UVICORN_WORKER = "uvicorn.workers.UvicornWorker"
+
+
 def superdaemon(
-    kind: str, port: int, envdir: Path | None = None, options: tuple[str, ...] = ()
+    kind: str,
+    port: int,
+    envdir: Path | None = None,
+    options: tuple[str, ...] = (),
+    app: list[str] = EXAMPLE_APP,
 ) -> Daemon:
     program = START_SERVER if kind == "ours" else PERL_START_SERVER
     argv = [program, f"--port=127.0.0.1:{port}", *options]
     if envdir is not None:
         argv.append(f"--envdir={envdir}")
-    return Daemon([*argv, "--", *EXAMPLE_APP], env=worker_env())
+    return Daemon([*argv, "--", *app], env=worker_env())
+
+
+def gunicorn_asgi(worker_class: str, port: int) -> Daemon:
+    """gunicorn on its own (no superdaemon), reloaded by its own HUP."""
+    argv = [sys.executable, "-m", "gunicorn", "-k", worker_class, "-w", "2"]
+    argv += [f"--chdir={APPS}", f"--bind=127.0.0.1:{port}", "--log-level=info", "asgi_app:app"]
+    return Daemon(argv, env=worker_env())
+
+
+def gunicorn_version() -> str:
+    import gunicorn
+
+    return str(gunicorn.__version__)
 
 
 def stop(daemon: Daemon) -> None:
@@ -135,29 +174,56 @@ def stop(daemon: Daemon) -> None:
 
 
 def reference(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    gunicorn = f"gunicorn {gunicorn_version()}"
     contenders: dict[str, Any] = {}
-    for name, kind, reloads in (
-        ("no reloads (baseline)", "ours", False),
-        ("ours: start_server, HUP every 1 s", "ours", True),
-        ("Perl start_server 0.35, HUP every 1 s", "perl", True),
-    ):
+    ours, perl = partial(superdaemon, "ours"), partial(superdaemon, "perl")
+    rows: list[tuple[str, str, Callable[[int], Daemon], str, bool]] = [
+        # name, app, how to start it on a port, path, reloaded
+        ("no reloads (baseline)", "example app", ours, "/slow", False),
+        ("ours: start_server, HUP every 1 s", "example app", ours, "/slow", True),
+        ("Perl start_server 0.35, HUP every 1 s", "example app", perl, "/slow", True),
+        (
+            "ours running the uvicorn adapter, HUP every 1 s",
+            "ASGI app",
+            partial(superdaemon, "ours", app=UVICORN_ADAPTER),
+            "/pause",
+            True,
+        ),
+        (
+            f"{gunicorn} + our UvicornWorker, its own HUP every 1 s",
+            "ASGI app",
+            partial(gunicorn_asgi, OUR_UVICORN_WORKER),
+            "/pause",
+            True,
+        ),
+        (
+            f"{gunicorn} + uvicorn's UvicornWorker, its own HUP every 1 s",
+            "ASGI app",
+            partial(gunicorn_asgi, STOCK_UVICORN_WORKER),
+            "/pause",
+            True,
+        ),
+    ]
+    for name, app, start, path, reloads in rows:
         port = free_port()
-        daemon = superdaemon(kind, port)
+        daemon = start(port)
         try:
-            daemon.wait_for(r"starting new worker")
             wait_until_serving(port)
             log(f"reference: {name}")
             reload = (lambda d=daemon: d.signal(signal.SIGHUP)) if reloads else None
-            result = load_while_reloading(port, reload, profile, workdir)
-            result["reloads"] = len(daemon.matches(r"starting new worker")) - 1
+            result = load_while_reloading(port, reload, profile, workdir, path)
+            superdaemon_reloads = len(daemon.matches(r"starting new worker")) - 1
+            gunicorn_reloads = len(daemon.matches(r"Handling signal: hup"))
+            result["reloads"] = max(superdaemon_reloads, gunicorn_reloads)
+            result["app"] = app
         finally:
             stop(daemon)
         contenders[name] = result
     add_ratios(contenders, "no reloads (baseline)")
     return {
         "load": (
-            f"ab -r -n {profile['requests']} -c {profile['concurrency']} /slow "
-            f"(100 ms handler), reload every {RELOAD_EVERY:g} s"
+            f"ab -r -n {profile['requests']} -c {profile['concurrency']}, a 100 ms handler "
+            f"(the example app's /slow, the ASGI app's /pause), reload every {RELOAD_EVERY:g} s"
         ),
         "contenders": contenders,
     }
@@ -175,8 +241,12 @@ def wait_until_serving(port: int, timeout: float = 60) -> None:
 
 
 def add_ratios(contenders: dict[str, Any], baseline_name: str) -> None:
+    """Throughput and p99 against the baseline, for the rows of its app."""
     base = contenders[baseline_name]
     for result in contenders.values():
+        if result.get("app") != base.get("app"):
+            result["throughput_vs_baseline"] = result["p99_vs_baseline"] = None
+            continue
         rps = base["requests_per_second"]
         result["throughput_vs_baseline"] = (
             round(result["requests_per_second"] / rps, 3) if rps else None
@@ -210,6 +280,49 @@ DynamicUser=yes
 """
 
 
+UVICORN_ENV = "Environment=PYTHONPATH=/srv/pylib\n"  # uvicorn, h11 and click from the venv
+UVICORN_SERVICE = (
+    """[Unit]
+StartLimitIntervalSec=0
+
+[Service]
+ExecStart=/usr/bin/python3 -m uvicorn --fd 3 --app-dir /srv/apps --log-level warning asgi_app:app
+DynamicUser=yes
+"""
+    + UVICORN_ENV
+)
+GUNICORN_UVICORN_ARGS = (
+    f"--chdir /srv/apps -k {OUR_UVICORN_WORKER} -w 2 --log-level warning asgi_app:app"
+)
+
+
+def uvicorn_library(workdir: Path) -> Path:
+    """uvicorn and what it imports, copied from the venv for the booted
+    system (Debian's bookworm packages an older uvicorn)."""
+    import click
+    import h11
+    import uvicorn
+
+    library = workdir / "pylib"
+    for module in (uvicorn, h11, click):
+        assert module.__file__ is not None
+        shutil.copytree(Path(module.__file__).parent, library / module.__name__)
+    return library
+
+
+def ours_running(reference_unit: str, unit: str, command: str) -> str:
+    """Our reference app.service, for another socket unit and worker."""
+    text = reference_unit.replace("app.socket", f"{unit}.socket").replace(
+        "RuntimeDirectory=app", f"RuntimeDirectory={unit}"
+    )
+    return re.sub(
+        r"^ExecStart=.*$",
+        f"ExecStart=/usr/bin/server-starter --require-notify --stop-timeout=80 -- {command}",
+        text,
+        flags=re.M,
+    )
+
+
 def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
     from machine import booted
 
@@ -225,7 +338,11 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
     )
     if build.returncode != 0:
         raise SystemExit(f"bench: building the packages failed:\n{build.stderr[-2000:]}")
-    binds = [(debs, "/debs"), (ROOT / "tests" / "apps", "/srv/apps")]
+    binds = [
+        (debs, "/debs"),
+        (ROOT / "tests" / "apps", "/srv/apps"),
+        (uvicorn_library(workdir), "/srv/pylib"),
+    ]
     contenders: dict[str, Any] = {}
     with booted(binds, workdir / "console.log") as machine:
         debs_inside = sorted(f"/debs/{p.name}" for p in debs.glob("*.deb"))
@@ -245,16 +362,24 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
             "gunicorn.socket": PLAIN_SOCKET.format(port=8082),
             "gunicorn.service": GUNICORN_SERVICE.format(args=GUNICORN_ARGS),
             "gapp.socket": PLAIN_SOCKET.format(port=8083),
-            "gapp.service": re.sub(
-                r"^ExecStart=.*$",
-                "ExecStart=/usr/bin/server-starter --require-notify --stop-timeout=80 -- "
+            "gapp.service": ours_running(
+                reference_unit,
+                "gapp",
                 "/usr/bin/python3 -m gunicorn -c python:server_starter.gunicorn " + GUNICORN_ARGS,
-                reference_unit.replace("app.socket", "gapp.socket").replace(
-                    "RuntimeDirectory=app", "RuntimeDirectory=gapp"
-                ),
-                flags=re.M,
             )
             + "SystemCallFilter=@setuid\n",
+            "uapp.socket": PLAIN_SOCKET.format(port=8084),
+            "uapp.service": ours_running(
+                reference_unit,
+                "uapp",
+                "/usr/bin/python3 -m server_starter.uvicorn --app-dir /srv/apps "
+                "--log-level warning asgi_app:app",
+            )
+            + UVICORN_ENV,
+            "uplain.socket": PLAIN_SOCKET.format(port=8085),
+            "uplain.service": UVICORN_SERVICE,
+            "ugunicorn.socket": PLAIN_SOCKET.format(port=8086),
+            "ugunicorn.service": GUNICORN_SERVICE.format(args=GUNICORN_UVICORN_ARGS) + UVICORN_ENV,
         }
         for name, text in units.items():
             machine.run("tee", f"/etc/systemd/system/{name}", input=text)
@@ -264,6 +389,21 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
             ("no superdaemon: systemctl restart", "plain", 8081, "restart", "example app"),
             ("gunicorn 20.1: ExecReload=kill -HUP", "gunicorn", 8082, "reload", "WSGI app"),
             ("ours running gunicorn 20.1: systemctl reload", "gapp", 8083, "reload", "WSGI app"),
+            (
+                "ours running the uvicorn adapter: systemctl reload",
+                "uapp",
+                8084,
+                "reload",
+                "ASGI app",
+            ),
+            ("uvicorn, no superdaemon: systemctl restart", "uplain", 8085, "restart", "ASGI app"),
+            (
+                "gunicorn 20.1 + our UvicornWorker: ExecReload=kill -HUP",
+                "ugunicorn",
+                8086,
+                "reload",
+                "ASGI app",
+            ),
         ):
             machine.run("systemctl", "start", f"{unit}.socket")
             wait_until_serving(port)
@@ -273,7 +413,8 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
             def reload(unit: str = unit, action: str = action) -> None:
                 machine.run("systemctl", action, unit, check=False, timeout=120)
 
-            result = load_while_reloading(port, reload, profile, workdir)
+            path = "/pause" if note == "ASGI app" else "/slow"
+            result = load_while_reloading(port, reload, profile, workdir, path)
             result["reloads"] = result["reload_requests"]
             result["app"] = note
             result["unit_state_after"] = machine.run(
@@ -494,16 +635,21 @@ def markdown(results: dict[str, Any]) -> str:
         if "contenders" not in block:
             continue
         lines += [
-            f"**{scenario}**: {block['load']}",
+            f"**{scenario}**: {block['load']}. ab counts a lost request once per kind "
+            "of failure (receive, length, exceptions); resets: connections the kernel "
+            "aborted with data unread meanwhile (`TcpExtTCPAbortOnClose`).",
             "",
-            "| contender | requests | failed | non-2xx | req/s | vs baseline | p50 ms "
-            "| p99 ms | max ms | reloads |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| contender | requests | failed | receive / length / exceptions | resets "
+            "| non-2xx | req/s | vs baseline | p50 ms | p99 ms | max ms | reloads |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in block["contenders"].items():
             ratio = r.get("throughput_vs_baseline")
+            kinds = r["failures_by_kind"]
             lines.append(
-                f"| {name} | {r['requests']:,} | {r['failed']:,} | {r['non_2xx']:,} "
+                f"| {name} | {r['requests']:,} | {r['failed']:,} "
+                f"| {kinds['receive']:,} / {kinds['length']:,} / {kinds['exceptions']:,} "
+                f"| {r['resets']:,} | {r['non_2xx']:,} "
                 f"| {r['requests_per_second']:,.0f} | {'' if ratio is None else f'{ratio:.2f}'} "
                 f"| {r['latency_ms']['p50']:g} | {r['latency_ms']['p99']:g} "
                 f"| {r['latency_ms']['max']:g} | {r['reloads']} |"
