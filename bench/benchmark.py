@@ -6,9 +6,11 @@ Scenarios (see the README, "Benchmark"):
 1. reference: ``ab -r -n N -c C`` on the example app's /slow (writes
    "Hello, ", flushes, sleeps 100 ms, writes the rest) while a reload is
    requested every second: our start_server, Perl's start_server 0.35, and
-   the same app under ours with no reload at all (the baseline); then an
-   ASGI app's /pause (100 ms): the uvicorn adapter under ours, and gunicorn
-   with our UvicornWorker and with uvicorn's, each reloaded by its own HUP.
+   the same app under ours with no reload at all (the baseline); the
+   README's asyncio recipe (CPython's loop) under ours, stopping with
+   drain() and with close() then wait; then an ASGI app's /pause (100 ms):
+   the uvicorn adapter under ours, and gunicorn with our UvicornWorker and
+   with uvicorn's, each reloaded by its own HUP.
 2. systemd: the same load in a booted systemd 252, a reload every second:
    ``systemctl reload`` of our units; ``systemctl restart`` of the app
    socket-activated with no superdaemon; gunicorn with
@@ -136,6 +138,7 @@ UVICORN_ADAPTER = [
 ]
 OUR_UVICORN_WORKER = "server_starter.uvicorn_worker.UvicornWorker"
 STOCK_UVICORN_WORKER = "uvicorn.workers.UvicornWorker"
+ASYNCIO_RECIPE = [sys.executable, str(APPS / "asyncio_http_app.py")]
 
 
 def superdaemon(
@@ -182,6 +185,20 @@ def reference(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
         ("no reloads (baseline)", "example app", ours, "/slow", False),
         ("ours: start_server, HUP every 1 s", "example app", ours, "/slow", True),
         ("Perl start_server 0.35, HUP every 1 s", "example app", perl, "/slow", True),
+        (
+            "ours running the asyncio recipe (drain), HUP every 1 s",
+            "asyncio app",
+            partial(superdaemon, "ours", app=ASYNCIO_RECIPE),
+            "/slow",
+            True,
+        ),
+        (
+            "ours running the asyncio recipe with close() then wait, HUP every 1 s",
+            "asyncio app",
+            partial(superdaemon, "ours", app=[*ASYNCIO_RECIPE, "close-then-wait"]),
+            "/slow",
+            True,
+        ),
         (
             "ours running the uvicorn adapter, HUP every 1 s",
             "ASGI app",

@@ -1,0 +1,120 @@
+"""The example app's own contract: its replies, its processes, and how a
+generation of several processes starts, drains and fails as one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+from support import (
+    EXAMPLE_APP,
+    START_SERVER,
+    free_port,
+    http_get,
+    pid_alive,
+    running,
+    worker_env,
+)
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(request)
+        reply = b""
+        while chunk := client.recv(4096):
+            reply += chunk
+    return reply
+
+
+def argv(port: int) -> list[str]:
+    return [START_SERVER, f"--port=127.0.0.1:{port}", "--require-notify", "--", *EXAMPLE_APP]
+
+
+def test_replies_as_the_seed_program() -> None:
+    port = free_port()
+    with running(argv(port), env=worker_env(EXAMPLE_APP_PROCESSES="1")) as daemon:
+        daemon.wait_for(r"is ready")
+        status, headers, body = http_get(port, "/")
+        assert (status, body) == (200, "Hello from a HandleFunc #1!\n")
+        assert headers["x-server-starter-generation"] == "1"
+        assert headers["content-type"] == "text/plain; charset=utf-8"
+        assert headers["server"].startswith("server-starter-example Python/")
+        assert http_get(port, "/endpoint")[2] == "Hello from a HandleFunc #2!\n"
+        assert http_get(port, "/slow?x=1")[2] == "Hello, Python!\n"
+        assert http_get(port, "/nowhere")[0] == 404
+        assert raw_request(port, b"POST / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 501 ")
+        assert raw_request(port, b"nonsense\r\n\r\n").startswith(b"HTTP/1.0 400 ")
+        # A bare-LF client, and one that sends its request in pieces.
+        assert raw_request(port, b"GET / HTTP/1.0\n\n").endswith(b"#1!\n")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            for piece in (b"GET /end", b"point HTTP/1.0\r\n", b"\r\n"):
+                client.sendall(piece)
+                time.sleep(0.05)
+            assert client.makefile("rb").read().endswith(b"#2!\n")
+
+
+def test_processes_serve_together_and_drain_together() -> None:
+    port = free_port()
+    with running(argv(port), env=worker_env(EXAMPLE_APP_PROCESSES="3")) as daemon:
+        daemon.wait_for(r"is ready")
+        worker = int(daemon.wait_for(r"starting new worker (\d+)").group(1))
+        children = [int(pid) for pid in open(f"/proc/{worker}/task/{worker}/children").read().split()]
+        assert len(children) == 2
+        # Every process takes connections: hold many at once, see who answers.
+        answered: set[str] = set()
+        lock = threading.Lock()
+
+        def ask() -> None:
+            pid = http_get(port, "/slow")[1]["x-worker-pid"]
+            with lock:
+                answered.add(pid)
+
+        threads = [threading.Thread(target=ask) for _ in range(60)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert answered <= {str(pid) for pid in (worker, *children)}
+        assert len(answered) >= 2, answered
+        # A request in flight in any process is finished by the drain.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"GET /slow HTTP/1.0\r\n\r\n")
+            reader = client.makefile("rb")
+            assert reader.readline().startswith(b"HTTP/1.0 200")
+            daemon.signal(signal.SIGTERM)
+            assert reader.read().endswith(b"Hello, Python!\n")
+        assert daemon.wait() == 0
+    assert daemon.matches(rf"^worker {worker} died, status:0")
+    assert not any(pid_alive(pid) for pid in children)
+
+
+def test_a_process_dying_restarts_the_whole_generation() -> None:
+    port = free_port()
+    with running(argv(port), env=worker_env(EXAMPLE_APP_PROCESSES="2")) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready")
+        worker = int(daemon.wait_for(r"starting new worker (\d+)").group(1))
+        (child,) = (int(p) for p in open(f"/proc/{worker}/task/{worker}/children").read().split())
+        os.kill(child, signal.SIGKILL)
+        daemon.wait_for(rf"process {child} ended with status 9, stopping this generation")
+        daemon.wait_for(rf"worker {worker} died unexpectedly with status:256")
+        daemon.wait_for(r"\(generation 2\) is ready")
+        assert http_get(port, "/")[1]["x-server-starter-generation"] == "2"
+
+
+def test_a_bad_process_count_is_one_clear_line() -> None:
+    result = subprocess.run(
+        EXAMPLE_APP,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=worker_env(SERVER_STARTER_PORT="", EXAMPLE_APP_PROCESSES="none"),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "example app: EXAMPLE_APP_PROCESSES must be a whole number from 1, not 'none'\n"
+    )
