@@ -216,6 +216,15 @@ def signals_received(directory: Path, pid: int) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (none once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

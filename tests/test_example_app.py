@@ -13,6 +13,7 @@ import time
 from support import (
     EXAMPLE_APP,
     START_SERVER,
+    children,
     free_port,
     http_get,
     pid_alive,
@@ -62,8 +63,8 @@ def test_processes_serve_together_and_drain_together() -> None:
     with running(argv(port), env=worker_env(EXAMPLE_APP_PROCESSES="3")) as daemon:
         daemon.wait_for(r"is ready")
         worker = int(daemon.wait_for(r"starting new worker (\d+)").group(1))
-        children = [int(pid) for pid in open(f"/proc/{worker}/task/{worker}/children").read().split()]
-        assert len(children) == 2
+        forked = children(worker)
+        assert len(forked) == 2
         # Every process takes connections: hold many at once, see who answers.
         answered: set[str] = set()
         lock = threading.Lock()
@@ -78,7 +79,7 @@ def test_processes_serve_together_and_drain_together() -> None:
             thread.start()
         for thread in threads:
             thread.join(30)
-        assert answered <= {str(pid) for pid in (worker, *children)}
+        assert answered <= {str(pid) for pid in (worker, *forked)}
         assert len(answered) >= 2, answered
         # A request in flight in any process is finished by the drain.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
@@ -89,7 +90,7 @@ def test_processes_serve_together_and_drain_together() -> None:
             assert reader.read().endswith(b"Hello, Python!\n")
         assert daemon.wait() == 0
     assert daemon.matches(rf"^worker {worker} died, status:0")
-    assert not any(pid_alive(pid) for pid in children)
+    assert not any(pid_alive(pid) for pid in forked)
 
 
 def test_a_process_dying_restarts_the_whole_generation() -> None:
@@ -97,7 +98,7 @@ def test_a_process_dying_restarts_the_whole_generation() -> None:
     with running(argv(port), env=worker_env(EXAMPLE_APP_PROCESSES="2")) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready")
         worker = int(daemon.wait_for(r"starting new worker (\d+)").group(1))
-        (child,) = (int(p) for p in open(f"/proc/{worker}/task/{worker}/children").read().split())
+        (child,) = children(worker)
         os.kill(child, signal.SIGKILL)
         daemon.wait_for(rf"process {child} ended with status 9, stopping this generation")
         daemon.wait_for(rf"worker {worker} died unexpectedly with status:256")

@@ -28,6 +28,7 @@ from support import (
     START_SERVER,
     FakeManager,
     Load,
+    children,
     free_port,
     generation_of,
     http_get,
@@ -57,14 +58,6 @@ def greeting(port: int) -> str:
     status, _, body = http_get(port)
     assert status == 200
     return body
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(child) for child in text.split()]
 
 
 # How a request inside a SIGKILLed worker fails; a refusal is never one of them.
