@@ -53,9 +53,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support import (  # noqa: E402 - the tests' real-process helpers
+    APPS,
     EXAMPLE_APP,
     PERL_START_SERVER,
     START_SERVER,
+    UVICORN_APP,
     Daemon,
     free_port,
     http_get,
@@ -127,15 +129,6 @@ def load_while_reloading(
 # -- scenario 1: reference ------------------------------------------------------
 
 
-APPS = ROOT / "tests" / "apps"
-UVICORN_ADAPTER = [
-    sys.executable,
-    "-m",
-    "server_starter.uvicorn",
-    "asgi_app:app",
-    f"--app-dir={APPS}",
-    "--log-level=warning",
-]
 OUR_UVICORN_WORKER = "server_starter.uvicorn_worker.UvicornWorker"
 STOCK_UVICORN_WORKER = "uvicorn.workers.UvicornWorker"
 ASYNCIO_RECIPE = [sys.executable, str(APPS / "asyncio_http_app.py")]
@@ -202,7 +195,7 @@ def reference(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
         (
             "ours running the uvicorn adapter, HUP every 1 s",
             "ASGI app",
-            partial(superdaemon, "ours", app=UVICORN_ADAPTER),
+            partial(superdaemon, "ours", app=UVICORN_APP),
             "/pause",
             True,
         ),

@@ -3,6 +3,7 @@ logs, and talk HTTP to its workers.  Every wait is bounded."""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import http.client
 import json
@@ -17,13 +18,23 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 START_SERVER = str(BIN / "start_server")
 PERL_START_SERVER = "/usr/bin/start_server"
 EXAMPLE_APP = [sys.executable, "-m", "server_starter.example_app"]
+APPS = ROOT / "tests" / "apps"
+# The ASGI test app under the uvicorn adapter.
+UVICORN_APP = [
+    sys.executable,
+    "-m",
+    "server_starter.uvicorn",
+    "asgi_app:app",
+    f"--app-dir={APPS}",
+    "--log-level=warning",
+]
 REPORTER = [sys.executable, str(ROOT / "tests" / "workers" / "reporter.py")]
 
 
@@ -253,7 +264,27 @@ def worker_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class Load:
+class ClientThreads(abc.ABC):
+    """Client threads running ``_run`` until the block ends."""
+
+    threads: list[threading.Thread]
+    stop: threading.Event
+
+    @abc.abstractmethod
+    def _run(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+
+
+class Load(ClientThreads):
     """Client threads sending real HTTP requests until stopped."""
 
     def __init__(
@@ -281,16 +312,6 @@ class Load:
             except Exception as err:  # every failure counts, whatever its kind
                 with self.lock:
                     self.failures.append(repr(err))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
 
     def total(self) -> int:
         return sum(self.generations.values()) + len(self.failures)
@@ -399,7 +420,7 @@ def reloading(reload: Callable[[], object], every: float) -> Iterator[list[float
         thread.join(120)
 
 
-class KeepAliveLoad:
+class KeepAliveLoad(ClientThreads):
     """HTTP/1.1 clients that reuse their connection for request after
     request, as a connection pool does, each on its own thread.  A
     connection the server ends cleanly before answering (EOF: nothing of the
@@ -445,16 +466,6 @@ class KeepAliveLoad:
                     self.failures.append(f"{response.status} {body!r}")
             if response.will_close:
                 return
-
-    def __enter__(self) -> KeepAliveLoad:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(60)
 
 
 def run_start_server(

@@ -14,16 +14,15 @@ from pathlib import Path
 import pytest
 
 from support import (
-    ROOT,
+    APPS,
     START_SERVER,
+    UVICORN_APP,
     free_port,
     generation_of,
     restart,
     running,
     worker_env,
 )
-
-APPS = ROOT / "tests" / "apps"
 
 
 def _line_request(port: int, result: list[bytes], in_flight: threading.Event) -> None:
@@ -71,12 +70,7 @@ def test_uvicorn_app_reloads_and_drains(tmp_path: Path) -> None:
         f"--pid-file={pid_file}",
         "--require-notify",
         "--",
-        sys.executable,
-        "-m",
-        "server_starter.uvicorn",
-        "asgi_app:app",
-        f"--app-dir={APPS}",
-        "--log-level=warning",
+        *UVICORN_APP,
     ]
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")

@@ -22,9 +22,11 @@ from pathlib import Path
 import pytest
 
 from support import (
+    APPS,
     EXAMPLE_APP,
     ROOT,
     START_SERVER,
+    UVICORN_APP,
     Daemon,
     KeepAliveLoad,
     aborted_on_close,
@@ -38,18 +40,9 @@ from support import (
 
 pytestmark = pytest.mark.load
 
-APPS = ROOT / "tests" / "apps"
 SRC = ROOT / "src"
 CONCURRENCY = 500
 RELOAD_EVERY = 0.3  # seconds: ten and more reloads within one ab run
-UVICORN = [
-    sys.executable,
-    "-m",
-    "server_starter.uvicorn",
-    "asgi_app:app",
-    f"--app-dir={APPS}",
-    "--log-level=warning",
-]
 GUNICORN_UVICORN = [
     sys.executable,
     "-m",
@@ -68,8 +61,8 @@ GUNICORN_UVICORN = [
 # with a body of one length, so that ab's "length" failures mean something.
 APPS_UNDER_LOAD = {
     "asyncio recipe": ([sys.executable, str(APPS / "asyncio_http_app.py")], "/slow", 20_000),
-    "uvicorn adapter": (UVICORN, "/pause", 20_000),
-    "gunicorn + UvicornWorker": (GUNICORN_UVICORN, "/pause", 20_000),
+    "uvicorn adapter": (UVICORN_APP, "/pause", 20_000),
+    "gunicorn + UvicornWorker": (GUNICORN_UVICORN, "/pause", 30_000),  # slower to boot
     "example app": (EXAMPLE_APP, "/slow", 40_000),
 }
 
