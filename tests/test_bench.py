@@ -66,8 +66,9 @@ def test_smoke_run_writes_complete_results(tmp_path: Path) -> None:
     strict = results["latency"][f"ours --require-notify, app ready in {slow:g} s"]
     assert strict["old_signalled_s"]["min"] >= slow
 
-    for figures in results["footprint"].values():
+    for name, figures in results["footprint"].items():
         assert figures["idle_rss_kib"] > 1000
-        assert figures["reloads"] == results["profile"]["footprint_reloads"]
+        if name == "ours" or "stalled_after_reloads" not in figures:  # Perl's may stall
+            assert figures["reloads"] == results["profile"]["footprint_reloads"], name
         assert figures["cpu_ms_per_reload"] >= 0
     assert "| contender |" in result.stdout, "the markdown table is printed"

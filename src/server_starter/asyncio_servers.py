@@ -154,6 +154,9 @@ class AsyncioServers:
     def __len__(self) -> int:
         return len(self.servers)
 
+    def __getitem__(self, index: int) -> asyncio.Server:
+        return self.servers[index]
+
     @property
     def connections(self) -> int:
         """Connections accepted and not yet done."""
