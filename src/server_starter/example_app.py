@@ -197,7 +197,9 @@ class Siblings:
     one dying on its own stops the whole generation, so that the superdaemon
     starts a complete new one."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pids: list[int], stop: asyncio.Event):
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, pids: list[int], stop: asyncio.Event
+    ) -> None:
         self.loop = loop
         self.stop_requested = stop
         self.stopping = False
