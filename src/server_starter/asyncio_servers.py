@@ -52,12 +52,12 @@ class _InFlight:
 
     def __init__(self) -> None:
         self.transports: dict[object, asyncio.BaseTransport | None] = {}
-        self._empty: asyncio.Event | None = None
+        self.empty = asyncio.Event()
+        self.empty.set()
 
     def opened(self, token: object) -> None:
         self.transports[token] = None
-        if self._empty is not None:
-            self._empty.clear()
+        self.empty.clear()
 
     def attached(self, token: object, transport: asyncio.BaseTransport) -> None:
         if token in self.transports:
@@ -65,15 +65,8 @@ class _InFlight:
 
     def done(self, token: object) -> None:
         self.transports.pop(token, None)
-        if not self.transports and self._empty is not None:
-            self._empty.set()
-
-    async def wait_empty(self) -> None:
-        if self._empty is None:
-            self._empty = asyncio.Event()
         if not self.transports:
-            self._empty.set()
-        await self._empty.wait()
+            self.empty.set()
 
 
 class _TrackedStreamProtocol(asyncio.StreamReaderProtocol):
@@ -174,7 +167,7 @@ class AsyncioServers:
         for server in self.servers:
             server.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._in_flight.wait_empty(), max(0.0, deadline - loop.time()))
+            await asyncio.wait_for(self._in_flight.empty.wait(), max(0.0, deadline - loop.time()))
         left = list(self._in_flight.transports.values())
         for transport in left:
             if isinstance(transport, asyncio.WriteTransport):
