@@ -1,37 +1,35 @@
 """The ``start_server`` command line: Perl start_server 0.35's options, plus
-readiness, stop and control options of our own."""
+readiness, stop and control options of our own, and which command they ask
+for: serve (serve.py), ``--restart`` or ``--stop`` (control.py), ``--version``."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__
-from .control import ControlError, PidFile, control_socket_path, listen_control, request, stop
+from .control import ControlError, control_socket_path, request, stop
 from .environment import PortVariableError
-from .journal import EventLog, under_systemd
-from .sockets import (
-    Listener,
-    PathSpec,
-    PortSpec,
-    SocketError,
-    adopt_inherited,
-    bind_all,
-    check_specs_match,
-    close_all,
-    parse_path,
-    parse_port,
+from .serve import UsageError, serve
+from .settings import (
+    DEFAULT_PATH_MODE,
+    DEFAULTS,
+    SettingError,
+    parse_mode,
+    parse_positive_int,
+    parse_seconds,
+    parse_signal,
 )
+from .sockets import SocketError
 from .spawn import SpawnError
-from .supervisor import Config, Supervisor
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
-    from typing import NoReturn
+    from typing import NoReturn, TypeVar
+
+    T = TypeVar("T")
 
 PROG = "start_server"
 EX_USAGE = 2
@@ -53,51 +51,28 @@ the options that locate it (--pid-file, --control-socket).
 """
 
 
-class UsageError(Exception):
-    pass
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value < 10**9 or value != value:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a non-negative number of seconds")
-    return value
+def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """A settings parser as an argparse type (its message becomes the usage error)."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except SettingError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = parse.__name__.removeprefix("parse_")
+    return convert
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
-def _signal(text: str) -> signal.Signals:
-    name = text.strip().upper().removeprefix("SIG")
-    try:
-        return signal.Signals(int(name)) if name.isdigit() else signal.Signals["SIG" + name]
-    except (KeyError, ValueError):
-        raise argparse.ArgumentTypeError(f"unknown signal {text!r}") from None
-
-
-def _mode(text: str) -> int:
-    try:
-        value = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode such as 0660") from None
-    if not 0 <= value <= 0o777:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a permission mode (000 to 777)")
-    return value
+_seconds = _argument(parse_seconds)
+_positive_int = _argument(parse_positive_int)
+_signal = _argument(parse_signal)
+_mode = _argument(parse_mode)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--path-mode",
         type=_mode,
-        default=0o777,
+        default=DEFAULT_PATH_MODE,
         metavar="MODE",
-        help="permissions of --path sockets (default 0777, as Perl's start_server)",
+        help=f"permissions of --path sockets (default {DEFAULT_PATH_MODE:04o}, as Perl's "
+        "start_server)",
     )
     add(
         "--backlog",
@@ -142,22 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--interval",
         type=_seconds,
-        default=1.0,
         metavar="SECONDS",
-        help="a worker alive this long counts as ready unless it notifies (default 1); "
+        help="a worker alive this long counts as ready unless it notifies "
+        f"(default {DEFAULTS['interval']:g}); "
         "also the first retry delay",
     )
     add(
         "--signal-on-hup",
         type=_signal,
-        default=signal.SIGTERM,
         metavar="SIGNAL",
         help="signal sent to old workers when a new one is ready (default TERM)",
     )
     add(
         "--signal-on-term",
         type=_signal,
-        default=signal.SIGTERM,
         metavar="SIGNAL",
         help="signal sent to the workers when start_server gets TERM (default TERM)",
     )
@@ -179,14 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--auto-restart-interval",
         type=_seconds,
         metavar="SECONDS",
-        help="period of --enable-auto-restart (default 360)",
+        help=f"period of --enable-auto-restart (default {DEFAULTS['auto_restart_interval']:g})",
     )
     add(
         "--kill-old-delay",
         type=_seconds,
         metavar="SECONDS",
         help="wait this long after a new worker is ready before signalling old ones "
-        "(default 0, or 5 with auto-restart)",
+        f"(default {DEFAULTS['kill_old_delay']:g}, or "
+        f"{DEFAULTS['kill_old_delay_with_auto_restart']:g} with auto-restart)",
     )
     add(
         "--require-notify",
@@ -197,22 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-timeout",
         type=_seconds,
         metavar="SECONDS",
-        help="with --require-notify: give up on a worker without READY=1 after this (default 60)",
+        help="with --require-notify: give up on a worker without READY=1 after this "
+        f"(default {DEFAULTS['ready_timeout']:g})",
     )
     add(
         "--stop-timeout",
         type=_seconds,
-        default=85.0,
         metavar="SECONDS",
-        help="SIGKILL a signalled worker still running after this long (default 85, "
+        help="SIGKILL a signalled worker still running after this long "
+        f"(default {DEFAULTS['stop_timeout']:g}, "
         "under systemd's 90s TimeoutStopSec)",
     )
     add(
         "--backoff-max",
         type=_seconds,
-        default=30.0,
         metavar="SECONDS",
-        help="longest wait between attempts to start a failing worker (default 30)",
+        help="longest wait between attempts to start a failing worker "
+        f"(default {DEFAULTS['backoff_max']:g})",
     )
     add(
         "--control-socket",
@@ -223,9 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--restart-timeout",
         type=_seconds,
-        default=90.0,
         metavar="SECONDS",
-        help="how long --restart waits for the outcome (default 90)",
+        help=f"how long --restart waits for the outcome (default {DEFAULTS['restart_timeout']:g})",
     )
     add(
         "--restart",
@@ -257,180 +232,32 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return namespace
 
 
-def _apply_environment_overrides(args: argparse.Namespace, environ: dict[str, str]) -> None:
-    """Options win; otherwise Perl's environment variables stand in.  Either
-    way the value is exported to the workers, as Perl does."""
-    if args.envdir is not None:
-        environ["ENVDIR"] = args.envdir
-    if args.enable_auto_restart:
-        environ["ENABLE_AUTO_RESTART"] = "1"
-    if args.kill_old_delay is not None:
-        environ["KILL_OLD_DELAY"] = f"{args.kill_old_delay:g}"
-    if args.auto_restart_interval is not None:
-        environ["AUTO_RESTART_INTERVAL"] = f"{args.auto_restart_interval:g}"
-    for name in ("KILL_OLD_DELAY", "AUTO_RESTART_INTERVAL"):
-        if name in environ and environ[name] != "":
-            try:
-                _seconds(environ[name])
-            except argparse.ArgumentTypeError as err:
-                raise UsageError(f"{name}: {err}") from None
-
-
-def _check_command(command: Sequence[str], directory: str | None, path: str | None) -> None:
-    if directory is not None and not os.path.isdir(directory):
-        raise UsageError(f"--dir {directory}: no such directory")
-    program = command[0]
-    if "/" in program:
-        full = os.path.join(directory or os.getcwd(), program)
-        if not os.path.isfile(full):
-            raise UsageError(f"server program {program}: no such file")
-        if not os.access(full, os.X_OK):
-            raise UsageError(f"server program {program}: not executable")
-    elif not any(
-        os.access(os.path.join(d or ".", program), os.X_OK)
-        and os.path.isfile(os.path.join(d or ".", program))
-        for d in (path or os.defpath).split(os.pathsep)
-    ):
-        raise UsageError(f"server program {program}: command not found in PATH")
-
-
-def _redirect_output(log_file: str) -> None:
-    """Perl's --log-file: append to a file, or pipe to a command (``| cmd``)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    stripped = log_file.lstrip()
-    if stripped.startswith("|"):
-        import subprocess  # only here: it costs the resident superdaemon ~2 MB
-
-        try:
-            pipe = subprocess.Popen(
-                stripped[1:].strip(), shell=True, stdin=subprocess.PIPE, start_new_session=False
-            )
-        except OSError as err:
-            raise UsageError(f"failed to open pipe:{log_file}: {err.strerror}") from None
-        assert pipe.stdin is not None
-        target = pipe.stdin.fileno()
-        os.dup2(target, 1)
-        os.dup2(target, 2)
-        pipe.stdin.close()
-        return
-    try:
-        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as err:
-        raise UsageError(f"failed to open log file:{log_file}: {err.strerror}") from None
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
-def _daemonize() -> int:
-    """fork, setsid, fork, as Perl does; but the foreground process waits
-    until the daemon is set up (pid file, control socket) and exits 0 only
-    then, so whoever ran it may use those at once.  Returns the descriptor
-    the daemon writes to when it is set up."""
-    ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
-    if os.fork() != 0:
-        os.close(ready_write)
-        started = os.read(ready_read, 1) == b"1"
-        os._exit(0 if started else EX_FAILURE)
-    os.close(ready_read)
-    os.setsid()
-    if os.fork() != 0:
-        os._exit(0)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    return ready_write
-
-
-def _open_listeners(args: argparse.Namespace) -> tuple[list[Listener], str | None, bool]:
-    """Adopt systemd's sockets, or bind our own.  Returns the listeners, the
-    LISTEN_FDNAMES to pass on, and whether we created (and so remove) paths."""
-    specs: list[PortSpec | PathSpec] = [parse_port(v) for v in args.port]
-    specs += [parse_path(v) for v in args.path]
-    inherited = adopt_inherited(os.environ, os.getpid())
-    if inherited is not None:
-        check_specs_match(inherited, specs)
-        names = os.environ.get("LISTEN_FDNAMES")
-        return inherited, names, False
-    backlog = args.backlog if args.backlog is not None else socket.SOMAXCONN
-    listeners = bind_all(specs, backlog, args.path_mode)
-    for spec in specs:
-        if isinstance(spec, PortSpec) and spec.fd is not None:
-            print(f"socket is duplicated to file descriptor {spec.fd}", file=sys.stderr)
-    return listeners, None, True
-
-
 def run(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     if args.version:
         print(__version__)
         return 0
-    if args.ready_timeout is not None and not args.require_notify:
-        raise UsageError("--ready-timeout applies only with --require-notify")
-    environ = dict(os.environ)
-    control_path = control_socket_path(args.control_socket, args.pid_file, environ)
     if args.restart:
+        control_path = control_socket_path(args.control_socket, args.pid_file, os.environ)
         if control_path is None:
             raise UsageError(
                 "--restart needs --pid-file or --control-socket "
                 "(or RuntimeDirectory= in the systemd unit)"
             )
-        message = request(control_path, "reload", args.restart_timeout)
+        restart_timeout = args.restart_timeout
+        if restart_timeout is None:
+            restart_timeout = DEFAULTS["restart_timeout"]
+        message = request(control_path, "reload", restart_timeout)
         print(f"start_server: {message}", file=sys.stderr)
         return 0
     if args.stop:
         if args.pid_file is None:
             raise UsageError("--stop option requires --pid-file to be set as well")
-        pid = stop(args.pid_file, args.stop_timeout + 5)
+        stop_timeout = DEFAULTS["stop_timeout"] if args.stop_timeout is None else args.stop_timeout
+        pid = stop(args.pid_file, stop_timeout + 5)
         print(f"stop_server (pid:{os.getpid()}) stopped start_server (pid:{pid})", file=sys.stderr)
         return 0
-    if args.daemonize and args.log_file is None:
-        raise UsageError("--log-file option must be specified together with --daemonize")
-    if not args.command:
-        raise UsageError("server program not specified")
-    _apply_environment_overrides(args, environ)
-    _check_command(args.command, args.dir, environ.get("PATH"))
-
-    listeners, fd_names, created = _open_listeners(args)
-    try:
-        systemd_socket = environ.pop("NOTIFY_SOCKET", None) or None
-        if args.log_file is not None:
-            _redirect_output(args.log_file)
-        daemon_ready = _daemonize() if args.daemonize else None
-        pid_file = PidFile(args.pid_file) if args.pid_file else None
-        if pid_file is not None:
-            pid_file.create()
-        try:
-            control_sock = listen_control(control_path) if control_path else None
-            config = Config(
-                command=args.command,
-                interval=args.interval,
-                signal_on_hup=args.signal_on_hup,
-                signal_on_term=args.signal_on_term,
-                require_notify=args.require_notify,
-                ready_timeout=args.ready_timeout if args.ready_timeout is not None else 60.0,
-                stop_timeout=args.stop_timeout,
-                auto_restart_interval=args.auto_restart_interval or 360.0,
-                backoff_max=args.backoff_max,
-                directory=args.dir,
-                status_file=args.status_file,
-                control_socket=control_sock,
-                control_socket_path=control_path,
-                remove_paths_on_exit=created,
-            )
-            log = EventLog(to_journal=args.log_file is None and under_systemd(environ))
-            supervisor = Supervisor(config, listeners, log, environ, fd_names, systemd_socket)
-            if daemon_ready is not None:
-                os.write(daemon_ready, b"1")
-                os.close(daemon_ready)
-            return supervisor.run()
-        finally:
-            if pid_file is not None:
-                pid_file.remove()
-    finally:
-        if created:
-            close_all(listeners)
+    return serve(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

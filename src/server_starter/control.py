@@ -1,11 +1,11 @@
 """How other processes observe and steer a running superdaemon: the pid file,
-the status file, and the control socket behind ``--restart``.
+the status file, and the control socket behind ``--restart``, both its sides.
 
 The control socket speaks one line each way: the client sends ``reload``;
 the superdaemon answers ``ok MESSAGE`` once the new generation is ready and
 the old ones have been signalled, or ``error MESSAGE`` when the reload
-failed.  Only our own user and root may use it (peer credentials, and a
-0600 socket file).
+failed.  One request per connection, at most ``MAX_REQUEST`` bytes.  Only
+our own user and root may use it (peer credentials, and a 0600 socket file).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from .notify import UCRED
 from .sockets import socket_is_live
@@ -27,6 +27,8 @@ from .sockets import socket_is_live
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import IO
+
+    from .supervisor import Supervisor
 
 MAX_REQUEST = 256
 
@@ -145,6 +147,91 @@ def listen_control(path: str) -> socket.socket:
     finally:
         os.umask(old_umask)
     return sock
+
+
+class ControlServer:
+    """The superdaemon's side: accepts clients, reads each one's request line
+    and hands it to the supervisor with a function that answers it once."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._register: Callable[[socket.socket, Callable[[Supervisor], None]], None]
+        self._unregister: Callable[[socket.socket], None]
+
+    def attach(
+        self,
+        register: Callable[[socket.socket, Callable[[Supervisor], None]], None],
+        unregister: Callable[[socket.socket], None],
+    ) -> None:
+        """Be called from the event loop's ``select``."""
+        self._register, self._unregister = register, unregister
+        register(self.sock, self._accept)
+
+    def _accept(self, _supervisor: Supervisor) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        if peer_uid(conn) not in (0, os.getuid()):
+            with contextlib.suppress(OSError):
+                conn.sendall(b"error permission denied\n")
+            conn.close()
+            return
+        _Connection(conn, self._register, self._unregister)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _Connection:
+    __slots__ = ("buffer", "conn", "done", "unregister")
+
+    def __init__(
+        self,
+        conn: socket.socket,
+        register: Callable[[socket.socket, Callable[[Supervisor], None]], None],
+        unregister: Callable[[socket.socket], None],
+    ) -> None:
+        self.conn = conn
+        self.buffer = b""
+        self.done = False  # answered, or the client went away
+        self.unregister = unregister
+        register(conn, self._readable)
+
+    def _readable(self, supervisor: Supervisor) -> None:
+        try:
+            chunk = self.conn.recv(MAX_REQUEST)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # the client gave up
+            self._close()
+            return
+        if b"\n" in self.buffer:
+            return  # one request per connection; anything after it is ignored
+        self.buffer += chunk
+        line, newline, _ = self.buffer.partition(b"\n")
+        if not newline:
+            if len(self.buffer) > MAX_REQUEST:
+                self.answer(False, "request too long")
+            return
+        self.buffer = line + b"\n"
+        supervisor.on_request(line.decode(errors="replace").strip(), self.answer)
+
+    def answer(self, ok: bool, message: str) -> None:
+        if self.done:
+            return
+        line = ("ok " if ok else "error ") + message.replace("\n", " ") + "\n"
+        with contextlib.suppress(OSError):
+            self.conn.sendall(line.encode())
+        self._close()
+
+    def _close(self) -> None:
+        self.done = True
+        self.unregister(self.conn)
+        self.conn.close()
 
 
 def _is_socket(path: str) -> bool:

@@ -96,10 +96,10 @@ def worker_environment(
     envdir_values: Mapping[str, str],
     ports: str,
     generation: int,
-    notify_socket: str,
     fd_names: str | None,
 ) -> dict[str, str]:
-    """The complete environment of one worker.
+    """The environment of one worker but ``NOTIFY_SOCKET``, which names its
+    generation's own notify socket and is set when that socket is made.
 
     ``base`` is the superdaemon's environment as it started (including the
     Perl variables set from options); envdir values are layered on top afresh
@@ -109,7 +109,6 @@ def worker_environment(
     env.update(envdir_values)
     env[PORT_VARIABLE] = ports
     env[GENERATION_VARIABLE] = str(generation)
-    env["NOTIFY_SOCKET"] = notify_socket
     if fd_names is not None:
         env["LISTEN_FDNAMES"] = fd_names
     return env

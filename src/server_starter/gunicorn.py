@@ -33,7 +33,7 @@ import os
 import threading
 
 from . import listener, notify
-from .sockets import SD_LISTEN_FDS_START, fd_is_open
+from .fds import SD_LISTEN_FDS_START, fd_is_open
 
 __all__ = [
     "control_socket_disable",

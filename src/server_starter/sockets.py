@@ -9,7 +9,6 @@ generation sees the same numbers.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import resource
@@ -17,7 +16,8 @@ import socket
 import stat
 from collections.abc import Mapping, Sequence
 
-SD_LISTEN_FDS_START = 3
+from .fds import SD_LISTEN_FDS_START, fd_is_open
+
 UNIX_PATH_MAX = 107  # sizeof(sun_path) - 1 for the terminating NUL
 
 # Perl Server::Starter 0.35's two port patterns, kept character for character
@@ -166,16 +166,6 @@ def check_unique(specs: Sequence[PortSpec | PathSpec]) -> None:
             seen_fds.add(spec.fd)
 
 
-def fd_is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError as err:
-        if err.errno == errno.EBADF:
-            return False
-        raise
-    return True
-
-
 def bind_port(spec: PortSpec, backlog: int) -> Listener:
     if spec.ipv6:
         family = socket.AF_INET6
@@ -274,6 +264,15 @@ def bind_all(specs: Sequence[PortSpec | PathSpec], backlog: int, path_mode: int)
     return [by_spec[s.key] for s in specs if isinstance(s, PortSpec)] + [
         by_spec[s.key] for s in specs if isinstance(s, PathSpec)
     ]
+
+
+def listen_fdnames(listeners: Sequence[Listener]) -> str | None:
+    """``LISTEN_FDNAMES`` for the workers: systemd's names of the adopted sockets,
+    or None when systemd named none (or we bound the sockets ourselves)."""
+    names = [listener.name for listener in listeners]
+    if any(name is None for name in names):
+        return None
+    return ":".join(name for name in names if name is not None)
 
 
 def close_all(listeners: Sequence[Listener]) -> None:

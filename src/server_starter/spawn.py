@@ -103,12 +103,12 @@ def spawn(
     return Process(pid=pid, pidfd=pidfd)
 
 
-def reap(process: Process) -> int | None:
-    """The raw wait status if the process has exited, else None."""
+def reap(pid: int) -> int | None:
+    """The raw wait status if our child ``pid`` has exited, else None."""
     try:
-        pid, status = os.waitpid(process.pid, os.WNOHANG)
+        reaped, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         return 0
-    if pid == 0:
+    if reaped == 0:
         return None
     return status

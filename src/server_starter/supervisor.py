@@ -1,423 +1,460 @@
-"""The superdaemon: one thread, one event loop, generations of workers.
+"""The superdaemon's state machine: generations of workers, reloads, the loop.
 
-A generation goes through these states, and this module is the one place
-where it moves:
+A generation moves through these states, and :meth:`Supervisor._enter` is
+the one place where it does:
 
-    STARTING --ready--> SERVING --replaced--> RETIRING --kill-old-delay--> DRAINING --exit--> reaped
-        \\--exit/timeout--> reaped (the start failed; the serving one is untouched)
+    STARTING --ready--> SERVING --replaced--> RETIRING --kill-old-delay--> DRAINING --exit--> REAPED
+        |                                                                     |
+        +--no READY=1 within --ready-timeout--> KILLED <--still running after --stop-timeout
+        +--exit before ready--> REAPED (the start failed; the serving one is untouched)
 
-"Ready" is the worker's ``READY=1`` on its generation's own notify socket,
-or, unless ``--require-notify``, being alive after ``--interval`` seconds
-(Perl's rule).  The loop blocks in ``select`` on the signal self-pipe, every
-worker's pidfd and notify socket, and the control socket; its timeout is the
-nearest deadline derived from the generations' states, and with no deadline
-it blocks indefinitely: an idle superdaemon makes no wake-ups.
+Each state owns at most one deadline (``Generation.deadline``); the loop
+blocks until the earliest deadline or an event (a signal, a worker's exit,
+its notify message, a control request).  With no deadline it blocks
+indefinitely: an idle superdaemon makes no wake-ups.
+
+Invariants: at most one generation is STARTING and at most one SERVING; a
+reload request is answered exactly once.  "Ready" is the worker's
+``READY=1`` on its generation's own notify socket or, unless
+``--require-notify``, being alive after ``--interval`` (Perl's rule).
+
+Everything the supervisor does to the world goes through a :class:`Host`
+(spawn, signal, clock, systemd, the status file), so tests drive it
+in-process with a fake one; ``host.SystemHost`` is the real one.
 """
 
 from __future__ import annotations
 
-import contextlib
+import abc
 import enum
 import os
-import selectors
 import signal
-import socket
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from . import notify
-from .control import peer_uid, write_status_file
-from .environment import encode_ports, load_envdir, worker_environment
+from .environment import load_envdir, worker_environment
 from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
-from .sockets import Listener, close_all, remove_socket_path
-from .spawn import Process, SpawnError, reap, spawn
+from .notify import monotonic_usec
+from .settings import SettingError, Settings, Tunables, signal_name
+from .spawn import SpawnError
 
 # A worker that exits this soon after its spawn with a failure most often
 # could not bind: it binds the port itself instead of using the inherited
 # sockets.  The hint costs nothing when it is wrong.
 QUICK_EXIT_SECONDS = 2.0
 
-# How long a status message to systemd may wait for room in its queue.
-NOTIFY_TIMEOUT = 2.0
-
 # Signals that end the superdaemon.  INT and QUIT drain like TERM (with
 # TERM sent to the workers), so a Ctrl-C or Ctrl-\ never orphans a worker.
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+class Host(abc.ABC):
+    """What the supervisor needs of the operating system: the seam between
+    the state machine and the world."""
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """Monotonic seconds."""
+
+    @abc.abstractmethod
+    def spawn(self, number: int, environ: dict[str, str], settings: Settings) -> int:
+        """Start generation ``number``'s worker with the listening sockets and
+        return its pid; set ``NOTIFY_SOCKET`` in ``environ`` to the generation's
+        own notify socket first.  Its exit and its messages come back as
+        :meth:`Supervisor.on_exit` and :meth:`Supervisor.on_message`.  Raises
+        SpawnError if it could not be started."""
+
+    @abc.abstractmethod
+    def signal(self, pid: int, number: signal.Signals) -> None:
+        """Send a signal to a worker not yet reported exited."""
+
+    @abc.abstractmethod
+    def notify_systemd(self, message: str) -> None:
+        """Tell the service manager (bounded; raises OSError)."""
+
+    @abc.abstractmethod
+    def write_status_file(self, path: str, workers: Sequence[tuple[int, int]]) -> None:
+        """Replace the status file with ``GEN:PID`` lines (raises OSError)."""
+
+    @abc.abstractmethod
+    def wait(self, supervisor: Supervisor, deadline: float | None) -> None:
+        """Block until an event (delivered to the supervisor's ``on_*``
+        methods) or until ``deadline``."""
 
 
 class State(enum.Enum):
-    STARTING = "starting"
-    SERVING = "serving"
-    RETIRING = "retiring"
-    DRAINING = "draining"
-
-
-class Config:
-    """What the command line decided.  (Plain classes, not dataclasses: see
-    sockets.PortSpec.)"""
-
-    def __init__(
-        self,
-        command: Sequence[str],
-        *,
-        interval: float = 1.0,
-        signal_on_hup: signal.Signals = signal.SIGTERM,
-        signal_on_term: signal.Signals = signal.SIGTERM,
-        require_notify: bool = False,
-        ready_timeout: float = 60.0,
-        stop_timeout: float = 85.0,  # below systemd's default TimeoutStopSec=90s
-        auto_restart_interval: float = 360.0,  # when AUTO_RESTART_INTERVAL is unset
-        backoff_max: float = 30.0,
-        directory: str | None = None,
-        status_file: str | None = None,
-        control_socket: socket.socket | None = None,
-        control_socket_path: str | None = None,
-        remove_paths_on_exit: bool = True,
-    ) -> None:
-        self.command = command
-        self.interval = interval
-        self.signal_on_hup = signal_on_hup
-        self.signal_on_term = signal_on_term
-        self.require_notify = require_notify
-        self.ready_timeout = ready_timeout
-        self.stop_timeout = stop_timeout
-        self.auto_restart_interval = auto_restart_interval
-        self.backoff_max = backoff_max
-        self.directory = directory
-        self.status_file = status_file
-        self.control_socket = control_socket
-        self.control_socket_path = control_socket_path
-        self.remove_paths_on_exit = remove_paths_on_exit
-
-
-class Waiter:
-    """A ``--restart`` client waiting for the outcome of a reload."""
-
-    def __init__(self, conn: socket.socket, on_close: Callable[[Waiter], None]) -> None:
-        self.conn = conn
-        self.buffer = b""
-        self.answered = False
-        self._on_close = on_close
-
-    def reply(self, ok: bool, message: str) -> None:
-        if self.answered:
-            return
-        self.answered = True
-        line = ("ok " if ok else "error ") + message.replace("\n", " ") + "\n"
-        with contextlib.suppress(OSError):
-            self.conn.sendall(line.encode())
-        self._on_close(self)
+    STARTING = "starting"  # deadline: ready by --interval (or --ready-timeout)
+    SERVING = "serving"  # no deadline
+    RETIRING = "retiring"  # replaced; deadline: signal it after --kill-old-delay
+    DRAINING = "draining"  # signalled; deadline: SIGKILL after --stop-timeout
+    KILLED = "killed"  # sent SIGKILL; waits for its exit
+    REAPED = "reaped"  # exited; no longer the supervisor's
 
 
 class Generation:
-    """One spawn of the server program and where it stands."""
+    """One spawn of the server program: plain data.  (Plain classes with
+    __slots__, not dataclasses: see sockets.PortSpec.)"""
+
+    __slots__ = ("deadline", "is_reload", "number", "pid", "ready_at", "spawned_at", "state")
 
     def __init__(
         self,
         number: int,
-        process: Process,
-        notifier: notify.NotifyReceiver,
-        is_reload: bool,
+        pid: int,
         spawned_at: float,
-        waiters: list[Waiter],
+        is_reload: bool,
+        state: State = State.STARTING,
+        deadline: float | None = None,
+        ready_at: float | None = None,
     ) -> None:
         self.number = number
-        self.process = process
-        self.notifier = notifier
-        self.is_reload = is_reload
+        self.pid = pid
         self.spawned_at = spawned_at
-        self.waiters = waiters  # --restart clients to answer when this settles
-        self.state = State.STARTING
-        self.ready_at: float | None = None
-        self.signal_at: float | None = None  # RETIRING: when to send --signal-on-hup
-        self.kill_at: float | None = None  # DRAINING: when to escalate to SIGKILL
-        self.signalled = False
-        self.start_timed_out = False
+        self.is_reload = is_reload
+        self.state = state
+        self.deadline = deadline
+        self.ready_at = ready_at  # None: never ready, so its exit is a failed start
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "number": self.number,
+            "pid": self.pid,
+            "spawned_at": self.spawned_at,
+            "is_reload": self.is_reload,
+            "state": self.state.value,
+            "deadline": self.deadline,
+            "ready_at": self.ready_at,
+        }
 
-    def ready_deadline(self, config: Config) -> float:
-        wait = config.ready_timeout if config.require_notify else config.interval
-        return self.spawned_at + wait
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Generation:
+        def number(key: str) -> float | None:
+            value = data[key]
+            return None if value is None else float(value)  # type: ignore[arg-type]
+
+        return cls(
+            number=int(data["number"]),  # type: ignore[call-overload]
+            pid=int(data["pid"]),  # type: ignore[call-overload]
+            spawned_at=float(data["spawned_at"]),  # type: ignore[arg-type]
+            is_reload=bool(data["is_reload"]),
+            state=State(data["state"]),
+            deadline=number("deadline"),
+            ready_at=number("ready_at"),
+        )
 
 
-def _signal_name(number: signal.Signals) -> str:
-    return number.name.removeprefix("SIG")
+Answer = Callable[[bool, str], None]
 
 
-def _number(environ: Mapping[str, str], name: str, fallback: float) -> float:
-    text = environ.get(name)
-    if text is None or text == "":
-        return fallback
-    try:
-        value = float(text)
-    except ValueError:
-        return fallback
-    return value if value >= 0 else fallback
+class Reload:
+    """One reload and the clients waiting for its outcome (none for a HUP).
+
+    It is answered exactly once: when its generation is ready and the one it
+    replaced has been signalled (or exited first); when the start failed; or
+    when start_server stops.  Requests that arrive while a generation is
+    starting join the next reload (coalescing)."""
+
+    __slots__ = ("answers", "failure", "generation", "replaced")
+
+    def __init__(self) -> None:
+        self.answers: list[Answer] = []
+        self.generation: Generation | None = None  # started for this reload
+        self.replaced: Generation | None = None  # serving when `generation` became ready
+        self.failure: str | None = None  # why `generation` failed to start
+
+    def answer(self, ok: bool, message: str) -> None:
+        answers, self.answers = self.answers, []
+        for answer in answers:
+            answer(ok, message)
 
 
 class Supervisor:
+    """Reacts to events (``on_*``) and deadlines; owns every generation."""
+
     def __init__(
         self,
-        config: Config,
-        listeners: Sequence[Listener],
-        log: EventLog,
-        environ: Mapping[str, str],
+        settings: Settings,
+        ports: str,
         fd_names: str | None,
-        systemd_notify_socket: str | None,
+        environ: dict[str, str],
+        host: Host,
+        log: EventLog,
     ) -> None:
-        self.config = config
-        self.listeners = list(listeners)
+        self.settings = settings
+        self.ports = ports  # SERVER_STARTER_PORT
+        self.fd_names = fd_names  # LISTEN_FDNAMES passed on, under systemd
+        self.base_environ = environ
+        self.host = host
         self.log = log
-        self.base_environ = dict(environ)
-        self.fd_names = fd_names
-        self.systemd_socket = systemd_notify_socket
-        self.ports = encode_ports((listener.key, listener.fd) for listener in self.listeners)
-
-        self.selector = selectors.DefaultSelector()
+        # Persistent state: plain data (see snapshot()).
+        self.generations: list[Generation] = []  # alive, by number
         self.generation_count = 0
-        self.current: Generation | None = None
-        self.pending: Generation | None = None
-        self.old: list[Generation] = []  # RETIRING and DRAINING
-        self.reload_queued = False
-        self.next_waiters: list[Waiter] = []
-        self.failures = 0
+        self.failures = 0  # failed starts and unexpected deaths in a row
         self.retry_at: float | None = None
         self.last_restart: float | None = None
         self.stopping = False
+        # Transient state.
+        self.reloads: list[Reload] = []  # started or waiting for the STARTING one to settle
+        self.next_reload: Reload | None = None  # asked for while a generation was starting
         self.finished = False
-        self.announced_ready = False
-        self._wakeup_read, self._wakeup_write = socket.socketpair()
 
-    # -- the loop -------------------------------------------------------
+    # -- the loop ---------------------------------------------------------
 
     def run(self) -> int:
-        self._install_signal_handlers()
-        if self.config.control_socket is not None:
-            self.selector.register(
-                self.config.control_socket, selectors.EVENT_READ, self._on_control_connection
-            )
         self.log.event(Event.START, f"start_server (pid:{os.getpid()}) starting now...")
-        self._start_generation(is_reload=False)
-        try:
-            while not self.finished:
-                deadline = self._next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                for key, _mask in self.selector.select(timeout):
-                    if self.finished:
-                        break
-                    key.data(key.fileobj)
-                self._on_time(time.monotonic())
-        finally:
-            self._clean_up()
+        self._start_generation(Reload(), is_reload=False)
+        while not self.finished:
+            self.host.wait(self, self.next_deadline())
+            self.on_time()
         return 0
 
-    def _install_signal_handlers(self) -> None:
-        self._wakeup_read.setblocking(False)
-        self._wakeup_write.setblocking(False)
-        signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
-        for number in (signal.SIGHUP, *_STOP_SIGNALS):
-            # The handler does nothing: the wakeup fd carries the signal number
-            # into the loop, which handles it in order, outside signal context.
-            signal.signal(number, lambda *_: None)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        self.selector.register(self._wakeup_read, selectors.EVENT_READ, self._on_signals)
-
-    def _on_signals(self, _sock: object) -> None:
-        try:
-            data = self._wakeup_read.recv(4096)
-        except BlockingIOError:
-            return
-        for number in data:
-            if number == signal.SIGHUP:
-                self.request_reload(None, "received HUP, spawning a new worker")
-            elif number in _STOP_SIGNALS:
-                self.begin_stop(signal.Signals(number))
-
-    def _next_deadline(self) -> float | None:
-        deadlines: list[float] = []
-        if self.pending is not None and not self.pending.start_timed_out:
-            deadlines.append(self.pending.ready_deadline(self.config))
-        for gen in self.old:
-            if gen.signal_at is not None:
-                deadlines.append(gen.signal_at)
-            if gen.kill_at is not None:
-                deadlines.append(gen.kill_at)
+    def _timers(self) -> Iterator[tuple[float, Callable[[], None]]]:
+        """Every deadline and what happens when it passes: each written once."""
+        for gen in self.generations:
+            if gen.deadline is not None:
+                yield gen.deadline, lambda gen=gen: self._deadline_passed(gen)  # type: ignore[misc]
         if self.retry_at is not None:
-            deadlines.append(self.retry_at)
-        auto = self._auto_restart_due()
-        if auto is not None:
-            deadlines.append(auto)
-        return min(deadlines, default=None)
+            yield self.retry_at, self._retry
+        auto_restart = self._auto_restart_at()
+        if auto_restart is not None:
+            yield auto_restart, self._auto_restart
 
-    def _on_time(self, now: float) -> None:
-        pending = self.pending
-        if (
-            pending is not None
-            and not pending.start_timed_out
-            and now >= pending.ready_deadline(self.config)
-        ):
-            if self.config.require_notify:
-                # Killed now; its exit (a moment later, via the pidfd) records the failure.
-                pending.start_timed_out = True
-                self._kill(pending, signal.SIGKILL)
-            else:
-                self._became_ready(pending, f"alive after {self.config.interval:g}s")
-        for gen in list(self.old):
-            if gen.signal_at is not None and now >= gen.signal_at:
-                self.log.event(Event.DRAIN, "killing old workers")
-                self._signal_old(gen, self.config.signal_on_hup, now)
-            if gen.kill_at is not None and now >= gen.kill_at:
-                gen.kill_at = None
-                self.log.event(
-                    Event.KILL,
-                    f"worker {gen.pid} (generation {gen.number}) still running "
-                    f"{self.config.stop_timeout:g}s after its signal, sending KILL",
-                    priority=WARNING,
-                    generation=gen.number,
-                    pid=gen.pid,
-                )
-                self._kill(gen, signal.SIGKILL)
-        if self.retry_at is not None and now >= self.retry_at:
-            self.retry_at = None
-            self._start_generation(is_reload=self.current is not None)
-        auto = self._auto_restart_due()
-        if auto is not None and now >= auto:
-            forced = "forced, " if self.old else ""
-            self.log.event(
-                Event.RELOAD,
-                f"autorestart triggered ({forced}interval={self._auto_restart_interval():g})",
-            )
-            self.request_reload(None, None)
+    def next_deadline(self) -> float | None:
+        return min((deadline for deadline, _ in self._timers()), default=None)
 
-    # -- requests ---------------------------------------------------------
+    def on_time(self) -> None:
+        now = self.host.now()
+        for deadline, action in sorted(self._timers(), key=lambda timer: timer[0]):
+            if deadline <= now and not self.finished:
+                action()
 
-    def request_reload(self, waiter: Waiter | None, announcement: str | None) -> None:
+    # -- events -------------------------------------------------------------
+
+    def on_signal(self, number: int) -> None:
+        if number == signal.SIGHUP:
+            self.request_reload(None, "received HUP, spawning a new worker")
+        elif number in STOP_SIGNALS:
+            self.stop(signal.Signals(number))
+
+    def on_request(self, command: str, answer: Answer) -> None:
+        """A control socket request (see control.ControlServer)."""
+        if command == "reload":
+            self.request_reload(answer, "received reload request, spawning a new worker")
+        else:
+            answer(False, f"unknown request {command!r}")
+
+    def on_message(self, pid: int, fields: dict[str, str]) -> None:
+        gen = self._generation(pid)
+        if gen is None:
+            return
+        status = fields.get("STATUS")
+        if status:
+            self.log.line(f"worker {gen.pid} (generation {gen.number}) status: {status}")
+        if fields.get("READY") == "1" and gen.state is State.STARTING:
+            self._became_ready(gen, "READY=1")
+
+    def on_exit(self, pid: int, status: int) -> None:
+        gen = self._generation(pid)
+        if gen is None:
+            return
+        was = gen.state
+        self._enter(gen, State.REAPED)
+        raw = f"status:{status} ({describe_status(status)})"
+        fields = {"generation": gen.number, "pid": gen.pid, "exit_status": status}
         if self.stopping:
-            if waiter is not None:
-                waiter.reply(False, "start_server is stopping")
+            self.log.event(Event.EXIT, f"worker {gen.pid} died, {raw}", **fields)
+            self._write_status()
+            self._finish_if_stopped()
+        elif gen.ready_at is None:
+            self.log.event(
+                Event.FAILED,
+                f"new worker {gen.pid} seems to have failed to start, exit {raw}",
+                priority=ERR,
+                **fields,
+            )
+            lived = self.host.now() - gen.spawned_at
+            # The hint once per streak of failures, not at every retry.
+            quick = was is State.STARTING and lived < QUICK_EXIT_SECONDS and status != 0
+            if quick and self.failures == 0:
+                self.log.line(
+                    f"hint: worker {gen.pid} exited {lived:.2f}s after its start; if it "
+                    "reported 'Address already in use', it binds the port itself instead "
+                    "of using the sockets passed in SERVER_STARTER_PORT",
+                    priority=NOTICE,
+                )
+            if was is State.KILLED:
+                reason = (
+                    f"no READY=1 within {self.settings.ready_timeout:g}s (--ready-timeout), killed"
+                )
+            else:
+                reason = f"exited before it was ready, {describe_status(status)}"
+            self._start_failed(gen, reason)
+        elif was is State.SERVING:
+            self.log.event(
+                Event.EXIT,
+                f"worker {gen.pid} died unexpectedly with {raw}, restarting",
+                priority=WARNING,
+                **fields,
+            )
+            self._write_status()
+            starting = self._pending()
+            if starting is not None:
+                self.log.line(f"generation {starting.number}, still starting, will take over")
+            else:
+                self._count_failure(gen.ready_at)
+                self._schedule_retry(f"worker {gen.pid} died unexpectedly", after_death=True)
+        else:
+            self.log.event(Event.EXIT, f"old worker {gen.pid} died, {raw}", **fields)
+            self._write_status()
+            self._notify_systemd(f"STATUS={self._status_text()}")
+        self._settle_reloads()
+
+    # -- requests -----------------------------------------------------------
+
+    def request_reload(self, answer: Answer | None, announcement: str | None) -> None:
+        if self.stopping:
+            if answer is not None:
+                answer(False, "start_server is stopping")
             return
         if announcement is not None:
             self.log.event(Event.RELOAD, announcement)
-        if waiter is not None:
-            self.next_waiters.append(waiter)
-        if self.pending is not None:
-            # Coalesce: one more reload once the starting generation settles,
-            # never a pile of generations.
-            if not self.reload_queued:
-                self.log.line(
-                    f"generation {self.pending.number} is still starting; "
-                    "will reload again once it is ready"
-                )
-            self.reload_queued = True
+        starting = self._pending()
+        if starting is None:
+            reload = Reload()
+            if answer is not None:
+                reload.answers.append(answer)
+            self._start_generation(reload, is_reload=self._serving() is not None)
             return
-        self._start_generation(is_reload=self.current is not None)
+        # Coalesce: one more reload once the starting generation settles,
+        # never a pile of generations.
+        if self.next_reload is None:
+            self.log.line(
+                f"generation {starting.number} is still starting; "
+                "will reload again once it is ready"
+            )
+            self.next_reload = Reload()
+        if answer is not None:
+            self.next_reload.answers.append(answer)
 
-    def begin_stop(self, received: signal.Signals) -> None:
+    def stop(self, received: signal.Signals) -> None:
+        alive = list(self.generations)
         if self.stopping:
             self.log.line(
-                f"received {_signal_name(received)} while stopping; still waiting for "
-                f"workers:{self._pid_list(self._alive())}"
+                f"received {signal_name(received)} while stopping; still waiting for "
+                f"workers:{self._pid_list(alive)}"
             )
             return
         self.stopping = True
         self.retry_at = None
-        self.reload_queued = False
         self._notify_systemd("STOPPING=1\nSTATUS=stopping: draining every generation")
-        to_send = self.config.signal_on_term if received == signal.SIGTERM else signal.SIGTERM
-        alive = self._alive()
+        to_send = self.settings.signal_on_term if received == signal.SIGTERM else signal.SIGTERM
         self.log.event(
             Event.STOP,
-            f"received {_signal_name(received)}, sending {_signal_name(to_send)} "
+            f"received {signal_name(received)}, sending {signal_name(to_send)} "
             f"to all workers:{self._pid_list(alive)}",
         )
-        for waiter in self.next_waiters:
-            waiter.reply(False, "start_server is stopping")
-        now = time.monotonic()
+        self._settle_reloads()
         for gen in alive:
-            for waiter in gen.waiters:
-                waiter.reply(False, "start_server is stopping")
-            if not gen.signalled:
-                self._signal(gen, to_send)
-            gen.state = State.DRAINING
-            gen.signal_at = None
-            deadline = now + self.config.stop_timeout
-            gen.kill_at = deadline if gen.kill_at is None else min(gen.kill_at, deadline)
-        self.old = alive
-        self.current = self.pending = None
+            if gen.state in (State.STARTING, State.SERVING, State.RETIRING):
+                self._enter(gen, State.DRAINING, to_send)
         self._write_status()
         self._finish_if_stopped()
 
-    # -- the state machine ----------------------------------------------
+    def _finish_if_stopped(self) -> None:
+        if self.stopping and not self.generations:
+            self.log.event(Event.STOP, "exiting")
+            self.finished = True
 
-    def _start_generation(self, is_reload: bool) -> None:
+    # -- the generation's lifecycle ---------------------------------------
+
+    def _enter(self, gen: Generation, state: State, sent: signal.Signals | None = None) -> None:
+        """The one place a generation changes state, with what entering it means."""
+        now = self.host.now()
+        gen.state = state
+        gen.deadline = None
+        if state is State.STARTING:
+            gen.deadline = gen.spawned_at + self.settings.ready_wait
+        elif state is State.SERVING:
+            gen.ready_at = self.last_restart = now
+        elif state is State.RETIRING:
+            gen.deadline = now + self._tunables().kill_old_delay
+        elif state is State.DRAINING:
+            assert sent is not None
+            gen.deadline = now + self.settings.stop_timeout
+            self.log.event(
+                Event.DRAIN,
+                f"sending {signal_name(sent)} to worker {gen.pid} (generation {gen.number})",
+                generation=gen.number,
+                pid=gen.pid,
+            )
+            self.host.signal(gen.pid, sent)
+        elif state is State.KILLED:
+            self.host.signal(gen.pid, signal.SIGKILL)
+        elif state is State.REAPED:
+            self.generations.remove(gen)
+
+    def _deadline_passed(self, gen: Generation) -> None:
+        if gen.state is State.STARTING:
+            if self.settings.require_notify:
+                self._enter(gen, State.KILLED)  # its exit records the failure
+            else:
+                self._became_ready(gen, f"alive after {self.settings.interval:g}s")
+        elif gen.state is State.RETIRING:
+            self._signal_old(gen)
+        elif gen.state is State.DRAINING:
+            self.log.event(
+                Event.KILL,
+                f"worker {gen.pid} (generation {gen.number}) still running "
+                f"{self.settings.stop_timeout:g}s after its signal, sending KILL",
+                priority=WARNING,
+                generation=gen.number,
+                pid=gen.pid,
+            )
+            self._enter(gen, State.KILLED)
+
+    def _start_generation(self, reload: Reload, is_reload: bool) -> None:
         self.retry_at = None
         self.generation_count += 1
         number = self.generation_count
-        waiters, self.next_waiters = self.next_waiters, []
-        envdir = self._envdir()
+        self.reloads.append(reload)
+        if is_reload:
+            self._notify_systemd(
+                f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\n"
+                f"STATUS=reloading: starting generation {number}"
+            )
+        envdir = self.settings.envdir
         if envdir is not None and not os.path.isdir(envdir):
             # Perl's behaviour (start without the envdir's variables), said out loud.
             self.log.line(
                 f"envdir {envdir} is missing; generation {number} starts without its variables",
                 priority=WARNING,
             )
-        envdir_values = load_envdir(envdir)
-        notifier = notify.NotifyReceiver(f"gen{number}")
         env = worker_environment(
-            self.base_environ, envdir_values, self.ports, number, notifier.address, self.fd_names
+            self.base_environ, load_envdir(envdir), self.ports, number, self.fd_names
         )
-        if is_reload:
-            self._notify_systemd(
-                f"RELOADING=1\nMONOTONIC_USEC={notify.monotonic_usec()}\n"
-                f"STATUS=reloading: starting generation {number}"
-            )
         try:
-            process = spawn(
-                self.config.command,
-                env,
-                [listener.fd for listener in self.listeners],
-                self.config.directory,
-            )
+            pid = self.host.spawn(number, env, self.settings)
         except SpawnError as err:
-            notifier.close()
             self.log.event(
                 Event.FAILED,
                 f"new worker (generation {number}) failed to start: {err}",
                 priority=ERR,
                 generation=number,
             )
-            self._start_failed(number, is_reload, waiters, str(err))
+            never_ran = Generation(number, -1, self.host.now(), is_reload, State.REAPED)
+            reload.generation = never_ran
+            self._start_failed(never_ran, str(err))
             return
-        gen = Generation(number, process, notifier, is_reload, time.monotonic(), waiters=waiters)
-        self.pending = gen
-        self.selector.register(process.pidfd, selectors.EVENT_READ, lambda _fd: self._on_exit(gen))
-        self.selector.register(
-            notifier.sock, selectors.EVENT_READ, lambda _sock: self._on_notify(gen)
-        )
-        self.log.event(
-            Event.SPAWN, f"starting new worker {gen.pid}", generation=number, pid=gen.pid
-        )
+        gen = Generation(number, pid, self.host.now(), is_reload)
+        reload.generation = gen
+        self.generations.append(gen)
+        self._enter(gen, State.STARTING)
+        self.log.event(Event.SPAWN, f"starting new worker {pid}", generation=number, pid=pid)
         if not is_reload:
             self._notify_systemd(f"STATUS=starting generation {number}")
 
-    def _on_notify(self, gen: Generation) -> None:
-        for message in gen.notifier.receive():
-            status = message.fields.get("STATUS")
-            if status:
-                self.log.line(f"worker {gen.pid} (generation {gen.number}) status: {status}")
-            if message.fields.get("READY") == "1" and gen is self.pending:
-                self._became_ready(gen, "READY=1")
-
     def _became_ready(self, gen: Generation, how: str) -> None:
-        now = time.monotonic()
-        self.pending = None
-        previous, self.current = self.current, gen
-        gen.state = State.SERVING
-        gen.ready_at = now
-        self.last_restart = now
+        previous = self._serving()
+        self._enter(gen, State.SERVING)
         self.log.event(
             Event.READY,
             f"worker {gen.pid} (generation {gen.number}) is ready ({how})",
@@ -428,137 +465,102 @@ class Supervisor:
             self.log.event(
                 Event.DRAIN,
                 f"new worker is now running, sending "
-                f"{_signal_name(self.config.signal_on_hup)} to old workers:"
+                f"{signal_name(self.settings.signal_on_hup)} to old workers:"
                 f"{previous.pid if previous is not None else 'none'}",
             )
+        for reload in self.reloads:
+            if reload.generation is gen:
+                reload.replaced = previous
         if previous is not None:
-            previous.state = State.RETIRING
-            previous.waiters, gen.waiters = gen.waiters, []  # answered once it is signalled
-            self.old.append(previous)
+            self._enter(previous, State.RETIRING)
         # systemd hears of the new generation before anyone is answered, so
         # `systemctl reload` never returns ahead of the unit's status.
         self._write_status()
         self._notify_systemd(f"READY=1\nSTATUS={self._status_text()}")
         if previous is not None:
-            delay = self._kill_old_delay()
+            delay = self._tunables().kill_old_delay
             if delay > 0:
                 self.log.line(f"sleeping {delay:g} secs before killing old workers")
-                previous.signal_at = now + delay
             else:
-                self.log.event(Event.DRAIN, "killing old workers")
-                self._signal_old(previous, self.config.signal_on_hup, now)
-        for waiter in gen.waiters:
-            waiter.reply(True, f"generation {gen.number} (pid {gen.pid}) is ready")
-        gen.waiters = []
-        if self.reload_queued:
-            self.reload_queued = False
-            self._start_generation(is_reload=True)
+                self._signal_old(previous)
+        self._settle_reloads()
+        self._start_next_reload()
 
-    def _signal_old(self, gen: Generation, number: signal.Signals, now: float) -> None:
-        gen.state = State.DRAINING
-        gen.signal_at = None
-        gen.kill_at = now + self.config.stop_timeout
-        self._signal(gen, number)
+    def _signal_old(self, gen: Generation) -> None:
+        self.log.event(Event.DRAIN, "killing old workers")
+        self._enter(gen, State.DRAINING, self.settings.signal_on_hup)
         self._notify_systemd(f"STATUS={self._status_text()}")
-        for waiter in gen.waiters:
-            waiter.reply(
-                True,
-                f"generation {self.current.number if self.current else '?'} is "
-                f"serving; sent {_signal_name(number)} to worker {gen.pid}",
-            )
-        gen.waiters = []
+        self._settle_reloads()
 
-    def _on_exit(self, gen: Generation) -> None:
-        status = reap(gen.process)
-        if status is None:
-            return
-        self.selector.unregister(gen.process.pidfd)
-        self.selector.unregister(gen.notifier.sock)
-        os.close(gen.process.pidfd)
-        gen.notifier.close()
-        raw = f"status:{status} ({describe_status(status)})"
-        fields = {"generation": gen.number, "pid": gen.pid, "exit_status": status}
-        if self.stopping:
-            self.old.remove(gen)
-            self.log.event(Event.EXIT, f"worker {gen.pid} died, {raw}", **fields)
-            self._write_status()
-            self._finish_if_stopped()
-        elif gen.state is State.STARTING:
-            lived = time.monotonic() - gen.spawned_at
-            if gen.start_timed_out:
-                reason = (
-                    f"no READY=1 within {self.config.ready_timeout:g}s (--ready-timeout), killed"
-                )
-            else:
-                reason = f"exited before it was ready, {describe_status(status)}"
-            self.log.event(
-                Event.FAILED,
-                f"new worker {gen.pid} seems to have failed to start, exit {raw}",
-                priority=ERR,
-                **fields,
-            )
-            # The hint once per streak of failures, not at every retry.
-            quick = not gen.start_timed_out and lived < QUICK_EXIT_SECONDS and status != 0
-            if quick and self.failures == 0:
-                self.log.line(
-                    f"hint: worker {gen.pid} exited {lived:.2f}s after its start; if it reported "
-                    "'Address already in use', it binds the port itself instead of using the "
-                    "sockets passed in SERVER_STARTER_PORT",
-                    priority=NOTICE,
-                )
-            self.pending = None
-            self._start_failed(gen.number, gen.is_reload, gen.waiters, reason)
-        elif gen.state is State.SERVING:
-            self.current = None
-            self.log.event(
-                Event.EXIT,
-                f"worker {gen.pid} died unexpectedly with {raw}, restarting",
-                priority=WARNING,
-                **fields,
-            )
-            self._write_status()
-            if self.pending is not None:
-                self.log.line(f"generation {self.pending.number}, still starting, will take over")
-            else:
-                self._count_failure(gen.ready_at)
-                self._schedule_retry(f"worker {gen.pid} died unexpectedly", after_death=True)
-        else:
-            self.old.remove(gen)
-            self.log.event(Event.EXIT, f"old worker {gen.pid} died, {raw}", **fields)
-            for waiter in gen.waiters:
-                waiter.reply(True, f"old worker {gen.pid} exited before its signal")
-            self._write_status()
-            self._notify_systemd(f"STATUS={self._status_text()}")
-
-    def _start_failed(
-        self, number: int, is_reload: bool, waiters: list[Waiter], reason: str
-    ) -> None:
-        self._count_failure(self.current.ready_at if self.current else None)
-        for waiter in waiters:
-            waiter.reply(
-                False,
-                f"generation {number} failed to start: {reason}; "
-                + (
-                    "the old generation keeps serving"
-                    if self.current
-                    else "no generation is serving"
-                ),
-            )
-        if is_reload:
+    def _start_failed(self, gen: Generation, reason: str) -> None:
+        serving = self._serving()
+        self._count_failure(serving.ready_at if serving else None)
+        for reload in self.reloads:
+            if reload.generation is gen:
+                reload.failure = reason
+        if gen.is_reload:
             self._notify_systemd(
-                f"READY=1\nSTATUS=reload failed: generation {number} {reason}; "
+                f"READY=1\nSTATUS=reload failed: generation {gen.number} {reason}; "
                 f"{self._status_text()}"
             )
-        if self.reload_queued:
+        self._settle_reloads()
+        if self.next_reload is not None:
             # Asked again while this one was starting: perhaps with a fix.
-            self.reload_queued = False
-            self._start_generation(is_reload=self.current is not None)
+            self._start_next_reload()
             return
-        self._schedule_retry(f"generation {number} failed to start", after_death=False)
+        self._schedule_retry(f"generation {gen.number} failed to start", after_death=False)
+
+    def _start_next_reload(self) -> None:
+        if self.next_reload is not None and self._pending() is None:
+            reload, self.next_reload = self.next_reload, None
+            self._start_generation(reload, is_reload=self._serving() is not None)
+
+    # -- reloads ------------------------------------------------------------
+
+    def _settle_reloads(self) -> None:
+        """Answer every reload whose outcome is known."""
+        for reload in list(self.reloads):
+            outcome = self._outcome(reload)
+            if outcome is not None:
+                self.reloads.remove(reload)
+                reload.answer(*outcome)
+        if self.stopping and self.next_reload is not None:
+            self.next_reload.answer(False, "start_server is stopping")
+            self.next_reload = None
+
+    def _outcome(self, reload: Reload) -> tuple[bool, str] | None:
+        gen, old = reload.generation, reload.replaced
+        if self.stopping:
+            return False, "start_server is stopping"
+        if gen is None:
+            return None
+        if reload.failure is not None:
+            keeps = (
+                "the old generation keeps serving"
+                if self._serving()
+                else "no generation is serving"
+            )
+            return False, f"generation {gen.number} failed to start: {reload.failure}; {keeps}"
+        if gen.ready_at is None:
+            return None  # starting
+        if old is None:
+            return True, f"generation {gen.number} (pid {gen.pid}) is ready"
+        if old.state in (State.DRAINING, State.KILLED):
+            serving = self._serving()
+            return True, (
+                f"generation {serving.number if serving else '?'} is serving; sent "
+                f"{signal_name(self.settings.signal_on_hup)} to worker {old.pid}"
+            )
+        if old.state is State.REAPED:
+            return True, f"old worker {old.pid} exited before its signal"
+        return None  # RETIRING: waits for --kill-old-delay
+
+    # -- backoff and auto-restart ---------------------------------------------
 
     def _count_failure(self, stable_since: float | None) -> None:
         # The backoff starts afresh once a generation has served a good while.
-        if stable_since is not None and time.monotonic() - stable_since >= self.config.backoff_max:
+        now = self.host.now()
+        if stable_since is not None and now - stable_since >= self.settings.backoff_max:
             self.failures = 0
         self.failures += 1
 
@@ -569,187 +571,121 @@ class Supervisor:
         delay = (
             0.0
             if steps < 0
-            else min(max(self.config.interval, 1.0) * 2**steps, self.config.backoff_max)
+            else min(max(self.settings.interval, 1.0) * 2**steps, self.settings.backoff_max)
         )
         if delay <= 0:
-            self._start_generation(is_reload=self.current is not None)
+            self._retry()
             return
-        self.retry_at = time.monotonic() + delay
+        self.retry_at = self.host.now() + delay
         self.log.line(
             f"{why}; retrying in {delay:g}s (failure {self.failures} in a row, "
-            f"backoff doubles up to {self.config.backoff_max:g}s)",
+            f"backoff doubles up to {self.settings.backoff_max:g}s)",
             priority=WARNING,
         )
         self._notify_systemd(f"STATUS={self._status_text()}; {why}, retrying in {delay:g}s")
 
-    def _kill(self, gen: Generation, number: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(gen.process.pidfd, number)
+    def _retry(self) -> None:
+        self.retry_at = None
+        self._start_generation(Reload(), is_reload=self._serving() is not None)
 
-    def _signal(self, gen: Generation, number: signal.Signals) -> None:
-        gen.signalled = True
+    def _auto_restart_at(self) -> float | None:
+        if (
+            self.stopping
+            or self.last_restart is None
+            or self._pending() is not None
+            or not self._tunables(with_envdir=False).auto_restart
+        ):
+            return None
+        interval = self._tunables().auto_restart_interval
+        # With old workers still draining, wait up to twice the interval (Perl).
+        return self.last_restart + interval * (2 if self._old() else 1)
+
+    def _auto_restart(self) -> None:
         self.log.event(
-            Event.DRAIN,
-            f"sending {_signal_name(number)} to worker {gen.pid} (generation {gen.number})",
-            generation=gen.number,
-            pid=gen.pid,
+            Event.RELOAD,
+            f"autorestart triggered ({'forced, ' if self._old() else ''}"
+            f"interval={self._tunables().auto_restart_interval:g})",
         )
-        self._kill(gen, number)
+        self.last_restart = self.host.now()  # once per interval, even if the start fails
+        self.request_reload(None, None)
 
-    def _finish_if_stopped(self) -> None:
-        if self.stopping and not self.old:
-            self.log.event(Event.STOP, "exiting")
-            self.finished = True
+    def _tunables(self, with_envdir: bool = True) -> Tunables:
+        environ = self.base_environ
+        if with_envdir:
+            environ = {**environ, **load_envdir(self.settings.envdir)}
+        try:
+            return Tunables.from_environ(environ)
+        except SettingError as err:
+            self.log.line(f"envdir: {err}; using the defaults", priority=WARNING)
+            return Tunables.from_environ({})
 
-    # -- derived facts --------------------------------------------------
+    # -- what others see ------------------------------------------------------
 
-    def _alive(self) -> list[Generation]:
-        gens = [*self.old]
-        if self.current is not None:
-            gens.append(self.current)
-        if self.pending is not None:
-            gens.append(self.pending)
-        return sorted(gens, key=lambda g: g.number)
+    def _generation(self, pid: int) -> Generation | None:
+        return next((g for g in self.generations if g.pid == pid), None)
+
+    def _pending(self) -> Generation | None:
+        """The generation not ready yet (STARTING, or KILLED for not being ready in time)."""
+        return next((g for g in self.generations if g.ready_at is None), None)
+
+    def _serving(self) -> Generation | None:
+        return next((g for g in self.generations if g.state is State.SERVING), None)
+
+    def _old(self) -> list[Generation]:
+        """Replaced generations, retiring or draining."""
+        return [
+            g for g in self.generations if g.ready_at is not None and g.state is not State.SERVING
+        ]
 
     @staticmethod
     def _pid_list(gens: Sequence[Generation]) -> str:
         return ",".join(str(pid) for pid in sorted(g.pid for g in gens))
 
     def _status_text(self) -> str:
-        parts = []
-        if self.current is not None:
-            parts.append(f"generation {self.current.number} (pid {self.current.pid}) serving")
-        else:
-            parts.append("no generation serving")
-        if self.pending is not None:
-            parts.append(f"generation {self.pending.number} starting")
-        if self.old:
-            parts.append("draining " + ", ".join(f"{g.number} (pid {g.pid})" for g in self.old))
+        serving, starting, old = self._serving(), self._pending(), self._old()
+        parts = [
+            f"generation {serving.number} (pid {serving.pid}) serving"
+            if serving is not None
+            else "no generation serving"
+        ]
+        if starting is not None:
+            parts.append(f"generation {starting.number} starting")
+        if old:
+            parts.append("draining " + ", ".join(f"{g.number} (pid {g.pid})" for g in old))
         return "; ".join(parts)
 
     def _write_status(self) -> None:
-        if self.config.status_file is None:
+        path = self.settings.status_file
+        if path is None:
             return
-        workers = [(g.number, g.pid) for g in self.old]
-        if self.current is not None:
-            workers.append((self.current.number, self.current.pid))
+        workers = [(g.number, g.pid) for g in self.generations if g.ready_at is not None]
         try:
-            write_status_file(self.config.status_file, workers)
+            self.host.write_status_file(path, workers)
         except OSError as err:
-            self.log.line(
-                f"failed to write status file {self.config.status_file}: {err.strerror}",
-                priority=ERR,
-            )
-
-    def _effective_environ(self) -> dict[str, str]:
-        return {**self.base_environ, **load_envdir(self._envdir())}
-
-    def _envdir(self) -> str | None:
-        return self.base_environ.get("ENVDIR") or None
-
-    def _kill_old_delay(self) -> float:
-        env = self._effective_environ()
-        fallback = 5.0 if self._auto_restart_enabled(env) else 0.0
-        return _number(env, "KILL_OLD_DELAY", fallback)
-
-    @staticmethod
-    def _auto_restart_enabled(env: Mapping[str, str]) -> bool:
-        return env.get("ENABLE_AUTO_RESTART", "") not in ("", "0")
-
-    def _auto_restart_interval(self) -> float:
-        return (
-            _number(
-                self._effective_environ(),
-                "AUTO_RESTART_INTERVAL",
-                self.config.auto_restart_interval,
-            )
-            or self.config.auto_restart_interval
-        )
-
-    def _auto_restart_due(self) -> float | None:
-        if (
-            self.stopping
-            or self.last_restart is None
-            or self.pending is not None
-            or not self._auto_restart_enabled(self.base_environ)
-        ):
-            return None
-        interval = self._auto_restart_interval()
-        # With old workers still draining, wait up to twice the interval (Perl).
-        return self.last_restart + interval * (2 if self.old else 1)
-
-    # -- systemd and the control socket ------------------------------------
+            self.log.line(f"failed to write status file {path}: {err.strerror}", priority=ERR)
 
     def _notify_systemd(self, message: str) -> None:
-        if self.systemd_socket is None:
-            return
         try:
-            # Bounded: a manager that stops reading must not freeze the event loop.
-            notify.send(message, self.systemd_socket, timeout=NOTIFY_TIMEOUT)
+            self.host.notify_systemd(message)
         except OSError as err:
-            reason = err.strerror or f"its queue stayed full for {NOTIFY_TIMEOUT:g}s"
-            where = self.systemd_socket
-            self.log.line(f"cannot notify systemd at {where}: {reason}", priority=WARNING)
+            self.log.line(f"cannot notify systemd {err}", priority=WARNING)
 
-    def _on_control_connection(self, listener: object) -> None:
-        assert self.config.control_socket is not None
-        try:
-            conn, _ = self.config.control_socket.accept()
-        except BlockingIOError:
-            return
-        conn.setblocking(False)
-        uid = peer_uid(conn)
-        if uid not in (0, os.getuid()):
-            with contextlib.suppress(OSError):
-                conn.sendall(b"error permission denied\n")
-            conn.close()
-            return
-        waiter = Waiter(conn, self._drop_waiter)
-        self.selector.register(conn, selectors.EVENT_READ, lambda _c: self._on_control_data(waiter))
+    def snapshot(self) -> dict[str, object]:
+        """The persistent state as plain data (JSON-serialisable)."""
+        return {
+            "generations": [g.to_dict() for g in self.generations],
+            "generation_count": self.generation_count,
+            "failures": self.failures,
+            "retry_at": self.retry_at,
+            "last_restart": self.last_restart,
+            "stopping": self.stopping,
+        }
 
-    def _on_control_data(self, waiter: Waiter) -> None:
-        try:
-            chunk = waiter.conn.recv(256)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:  # the client gave up
-            waiter.answered = True
-            self._drop_waiter(waiter)
-            return
-        if waiter.buffer.endswith(b"\n"):
-            return  # one request per connection; ignore anything after it
-        waiter.buffer += chunk
-        if b"\n" not in waiter.buffer:
-            if len(waiter.buffer) > 256:
-                waiter.reply(False, "request too long")
-            return
-        request = waiter.buffer.split(b"\n", 1)[0].decode(errors="replace").strip()
-        waiter.buffer = waiter.buffer.split(b"\n", 1)[0] + b"\n"
-        if request == "reload":
-            self.request_reload(waiter, "received reload request, spawning a new worker")
-        else:
-            waiter.reply(False, f"unknown request {request!r}")
-
-    def _drop_waiter(self, waiter: Waiter) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(waiter.conn)
-        waiter.conn.close()
-        for batch in (self.next_waiters, *(g.waiters for g in self._alive())):
-            if waiter in batch:
-                batch.remove(waiter)
-
-    def _clean_up(self) -> None:
-        signal.set_wakeup_fd(-1)
-        for gen in self._alive():  # only after an internal error: never orphan a worker
-            self._kill(gen, signal.SIGKILL)
-        if self.config.status_file is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.config.status_file)
-        if self.config.control_socket is not None:
-            self.config.control_socket.close()
-            if self.config.control_socket_path:
-                remove_socket_path(self.config.control_socket_path)
-        if self.config.remove_paths_on_exit:
-            close_all(self.listeners)
+    def restore(self, data: dict[str, object]) -> None:
+        """Take over the state ``snapshot()`` wrote."""
+        self.generations = [Generation.from_dict(g) for g in data["generations"]]  # type: ignore[attr-defined]
+        self.generation_count = int(data["generation_count"])  # type: ignore[call-overload]
+        self.failures = int(data["failures"])  # type: ignore[call-overload]
+        self.retry_at = data["retry_at"]  # type: ignore[assignment]
+        self.last_restart = data["last_restart"]  # type: ignore[assignment]
+        self.stopping = bool(data["stopping"])

@@ -1,0 +1,157 @@
+"""The real :class:`~server_starter.supervisor.Host`: processes, signals and
+sockets of this machine, and the one ``select`` loop that waits on them.
+
+Waited on: the signal self-pipe, each worker's pidfd (readable once it has
+exited) and its generation's notify socket, and the control socket with
+its connections.  Signal handlers only write the signal number into the
+self-pipe (``signal.set_wakeup_fd``), so every signal is handled in the
+loop, in order, outside signal context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+from . import notify
+from .control import ControlServer, write_status_file
+from .settings import Settings
+from .spawn import reap, spawn
+from .supervisor import STOP_SIGNALS, Host, Supervisor
+
+# How long a status message to systemd may wait for room in its queue.
+NOTIFY_TIMEOUT = 2.0
+
+Handler = Callable[[Supervisor], None]
+
+
+class _Worker:
+    __slots__ = ("notifier", "pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: int, notifier: notify.NotifyReceiver) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.notifier = notifier
+
+
+class SystemHost(Host):
+    def __init__(
+        self,
+        listening_fds: Sequence[int],
+        systemd_socket: str | None,
+        control: ControlServer | None,
+    ) -> None:
+        self.listening_fds = list(listening_fds)
+        self.systemd_socket = systemd_socket
+        self.selector = selectors.DefaultSelector()
+        self.workers: dict[int, _Worker] = {}
+        self._wakeup_read, self._wakeup_write = socket.socketpair()
+        if control is not None:
+            control.attach(self._register, self._unregister)
+
+    def _register(self, fileobj: socket.socket | int, handler: Handler) -> None:
+        self.selector.register(fileobj, selectors.EVENT_READ, handler)
+
+    def _unregister(self, fileobj: socket.socket | int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(fileobj)
+
+    # -- signals -------------------------------------------------------------
+
+    def catch_signals(self) -> None:
+        self._wakeup_read.setblocking(False)
+        self._wakeup_write.setblocking(False)
+        signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
+        for number in (signal.SIGHUP, *STOP_SIGNALS):
+            # The handler does nothing: the wakeup fd carries the signal number.
+            signal.signal(number, lambda *_: None)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self._register(self._wakeup_read, self._on_signals)
+
+    def _on_signals(self, supervisor: Supervisor) -> None:
+        try:
+            data = self._wakeup_read.recv(4096)
+        except BlockingIOError:
+            return
+        for number in data:
+            supervisor.on_signal(number)
+
+    # -- the Host interface ---------------------------------------------------
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def spawn(self, number: int, environ: dict[str, str], settings: Settings) -> int:
+        notifier = notify.NotifyReceiver(f"gen{number}")
+        environ["NOTIFY_SOCKET"] = notifier.address
+        try:
+            process = spawn(settings.command, environ, self.listening_fds, settings.directory)
+        except BaseException:
+            notifier.close()
+            raise
+        worker = _Worker(process.pid, process.pidfd, notifier)
+        self.workers[worker.pid] = worker
+        self._register(worker.pidfd, lambda supervisor: self._on_pidfd(supervisor, worker))
+        self._register(notifier.sock, lambda supervisor: self._on_notify_socket(supervisor, worker))
+        return worker.pid
+
+    def _on_pidfd(self, supervisor: Supervisor, worker: _Worker) -> None:
+        status = reap(worker.pid)
+        if status is None:
+            return
+        self._forget(worker)
+        supervisor.on_exit(worker.pid, status)
+
+    def _on_notify_socket(self, supervisor: Supervisor, worker: _Worker) -> None:
+        for message in worker.notifier.receive():
+            supervisor.on_message(worker.pid, message.fields)
+
+    def _forget(self, worker: _Worker) -> None:
+        del self.workers[worker.pid]
+        self._unregister(worker.pidfd)
+        self._unregister(worker.notifier.sock)
+        os.close(worker.pidfd)
+        worker.notifier.close()
+
+    def signal(self, pid: int, number: signal.Signals) -> None:
+        worker = self.workers.get(pid)
+        if worker is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(worker.pidfd, number)
+
+    def notify_systemd(self, message: str) -> None:
+        if self.systemd_socket is None:
+            return
+        try:
+            # Bounded: a manager that stops reading must not freeze the event loop.
+            notify.send(message, self.systemd_socket, timeout=NOTIFY_TIMEOUT)
+        except OSError as err:
+            reason = err.strerror or f"its queue stayed full for {NOTIFY_TIMEOUT:g}s"
+            raise OSError(f"at {self.systemd_socket}: {reason}") from None
+
+    def write_status_file(self, path: str, workers: Sequence[tuple[int, int]]) -> None:
+        write_status_file(path, workers)
+
+    def wait(self, supervisor: Supervisor, deadline: float | None) -> None:
+        timeout = None if deadline is None else max(0.0, deadline - self.now())
+        for key, _mask in self.selector.select(timeout):
+            if supervisor.finished:
+                return
+            handler: Handler = key.data
+            handler(supervisor)
+
+    def close(self) -> None:
+        """Stop catching signals; SIGKILL any worker still running (only after
+        an internal error: never orphan a worker)."""
+        signal.set_wakeup_fd(-1)
+        for worker in list(self.workers.values()):
+            self.signal(worker.pid, signal.SIGKILL)
+            self._forget(worker)
+        self.selector.close()
+        self._wakeup_read.close()
+        self._wakeup_write.close()
