@@ -200,12 +200,15 @@ class Supervisor:
     # -- the loop ---------------------------------------------------------
 
     def run(self) -> int:
-        self.log.event(Event.START, f"start_server (pid:{os.getpid()}) starting now...")
-        self._start_generation(Reload(), is_reload=False)
+        self.start()
         while not self.finished:
             self.host.wait(self, self.next_deadline())
             self.on_time()
         return 0
+
+    def start(self) -> None:
+        self.log.event(Event.START, f"start_server (pid:{os.getpid()}) starting now...")
+        self._start_generation(Reload(), is_reload=False)
 
     def _timers(self) -> Iterator[tuple[float, Callable[[], None]]]:
         """Every deadline and what happens when it passes: each written once."""

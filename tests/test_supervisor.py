@@ -1,0 +1,416 @@
+"""The supervisor's rules, in-process: a fake Host stands in for the OS (a clock
+the test moves, pids it makes up, signals and systemd messages it records),
+so each timing rule is checked exactly, without sleeping.  The end-to-end
+tests prove the same rules hold with real processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+from server_starter.journal import EventLog
+from server_starter.notify import parse
+from server_starter.settings import Settings
+from server_starter.spawn import SpawnError
+from server_starter.supervisor import Host, State, Supervisor
+
+TERM, KILL = signal.SIGTERM, signal.SIGKILL
+
+
+class FakeHost(Host):
+    def __init__(self) -> None:
+        self.clock = 1000.0
+        self.next_pid = 100
+        self.environs: dict[int, dict[str, str]] = {}
+        self.signals: list[tuple[int, signal.Signals]] = []
+        self.systemd: list[dict[str, str]] = []
+        self.status_file: list[tuple[int, int]] | None = None
+        self.spawn_error: str | None = None
+
+    def now(self) -> float:
+        return self.clock
+
+    def spawn(self, number: int, environ: dict[str, str], settings: Settings) -> int:
+        if self.spawn_error is not None:
+            raise SpawnError(self.spawn_error)
+        self.next_pid += 1
+        environ["NOTIFY_SOCKET"] = f"@test/gen{number}"
+        self.environs[self.next_pid] = environ
+        return self.next_pid
+
+    def signal(self, pid: int, number: signal.Signals) -> None:
+        self.signals.append((pid, number))
+
+    def notify_systemd(self, message: str) -> None:
+        self.systemd.append(parse(message.encode()))
+
+    def write_status_file(self, path: str, workers: Sequence[tuple[int, int]]) -> None:
+        self.status_file = sorted(workers)
+
+    def wait(self, supervisor: Supervisor, deadline: float | None) -> None:
+        raise AssertionError("the tests deliver events themselves")
+
+
+class Answers:
+    """A control client's answers, checked to come exactly once each."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[bool, str]] = []
+
+    def __call__(self, ok: bool, message: str) -> None:
+        self.got.append((ok, message))
+
+    @property
+    def one(self) -> tuple[bool, str]:
+        assert len(self.got) == 1, self.got
+        return self.got[0]
+
+
+class Rig:
+    def __init__(self, environ: dict[str, str] | None = None, **settings: object) -> None:
+        self.host = FakeHost()
+        self.stream = io.StringIO()
+        options: dict[str, object] = {"status_file": "status"} | settings
+        self.supervisor = Supervisor(
+            Settings(["app"], **options),  # type: ignore[arg-type]
+            ports="8080=3",
+            fd_names=None,
+            environ=dict(environ or {}),
+            host=self.host,
+            log=EventLog(to_journal=False, stream=self.stream),
+        )
+
+    @property
+    def log(self) -> str:
+        return self.stream.getvalue()
+
+    def pid(self, number: int) -> int:
+        (gen,) = [g for g in self.supervisor.generations if g.number == number]
+        return gen.pid
+
+    def state(self, number: int) -> State:
+        for gen in self.supervisor.generations:
+            if gen.number == number:
+                return gen.state
+        return State.REAPED
+
+    def advance(self, seconds: float) -> None:
+        self.host.clock += seconds
+        self.supervisor.on_time()
+
+    def until_next_deadline(self) -> float:
+        """Move the clock to the next deadline; returns how far that was."""
+        deadline = self.supervisor.next_deadline()
+        assert deadline is not None, "nothing is due"
+        waited = deadline - self.host.clock
+        self.host.clock = deadline
+        self.supervisor.on_time()
+        return waited
+
+    def ready(self, number: int) -> None:
+        self.supervisor.on_message(self.pid(number), {"READY": "1"})
+
+    def exit(self, number: int, status: int = 0) -> None:
+        self.supervisor.on_exit(self.pid(number), status)
+
+    def serving(self) -> Rig:
+        self.supervisor.start()
+        self.advance(1.0)
+        assert self.state(1) is State.SERVING
+        return self
+
+    def serving_by_notify(self) -> Rig:
+        self.supervisor.start()
+        self.ready(1)
+        return self
+
+
+# -- readiness ------------------------------------------------------------------
+
+
+def test_alive_after_interval_is_ready_and_idle_has_no_deadline() -> None:
+    rig = Rig(interval=2.5)
+    rig.supervisor.start()
+    assert rig.state(1) is State.STARTING
+    assert rig.host.systemd == [{"STATUS": "starting generation 1"}]
+    assert rig.until_next_deadline() == 2.5
+    assert rig.state(1) is State.SERVING
+    assert rig.host.systemd[-1]["READY"] == "1"
+    assert rig.host.status_file == [(1, rig.pid(1))]
+    assert "is ready (alive after 2.5s)" in rig.log
+    assert rig.supervisor.next_deadline() is None  # idle: the loop blocks without a timeout
+
+
+def test_require_notify_waits_for_ready_from_its_own_worker_only() -> None:
+    rig = Rig(require_notify=True, ready_timeout=30.0)
+    rig.supervisor.start()
+    rig.advance(10.0)
+    assert rig.state(1) is State.STARTING
+    rig.supervisor.on_message(999, {"READY": "1"})  # not a worker of ours
+    rig.supervisor.on_message(rig.pid(1), {"STATUS": "loading"})
+    assert rig.state(1) is State.STARTING
+    assert "status: loading" in rig.log
+    rig.ready(1)
+    assert rig.state(1) is State.SERVING
+
+
+def test_ready_timeout_kills_and_counts_as_a_failed_start() -> None:
+    rig = Rig(require_notify=True, ready_timeout=30.0)
+    rig.supervisor.start()
+    assert rig.until_next_deadline() == 30.0
+    assert rig.host.signals == [(rig.pid(1), KILL)]
+    assert rig.state(1) is State.KILLED
+    assert rig.supervisor.next_deadline() is None  # its exit comes next, not a timer
+    rig.exit(1, status=9)
+    assert "seems to have failed to start, exit status:9" in rig.log
+    assert "retrying in 1s" in rig.log
+    assert rig.until_next_deadline() == 1.0
+    assert rig.state(2) is State.STARTING
+
+
+# -- reloads ----------------------------------------------------------------------
+
+
+def test_reload_signals_the_old_generation_once_the_new_one_is_ready() -> None:
+    rig = Rig().serving()
+    answers = Answers()
+    rig.supervisor.on_request("reload", answers)
+    assert rig.host.systemd[-1]["RELOADING"] == "1"
+    assert rig.state(2) is State.STARTING
+    assert answers.got == []
+    assert rig.host.signals == []
+    rig.advance(1.0)
+    assert rig.state(2) is State.SERVING
+    assert rig.state(1) is State.DRAINING
+    assert rig.host.signals == [(rig.pid(1), TERM)]
+    assert answers.one == (True, f"generation 2 is serving; sent TERM to worker {rig.pid(1)}")
+    # systemd heard READY=1 before the client was answered; the status file has both.
+    assert rig.host.systemd[-2]["READY"] == "1"
+    assert rig.host.status_file == [(1, rig.pid(1)), (2, rig.pid(2))]
+    rig.exit(1)
+    assert rig.host.status_file == [(2, rig.pid(2))]
+    assert rig.supervisor.next_deadline() is None
+
+
+def test_signal_on_hup_is_what_old_generations_get() -> None:
+    rig = Rig(signal_on_hup=signal.SIGQUIT).serving()
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.advance(1.0)
+    assert rig.host.signals == [(rig.pid(1), signal.SIGQUIT)]
+
+
+def test_reloads_while_one_is_starting_coalesce_into_one_more() -> None:
+    rig = Rig(require_notify=True).serving_by_notify()
+    first, second, third = Answers(), Answers(), Answers()
+    rig.supervisor.on_request("reload", first)
+    rig.supervisor.on_request("reload", second)
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.supervisor.on_request("reload", third)
+    assert [g.number for g in rig.supervisor.generations] == [1, 2]
+    assert rig.log.count("will reload again once it is ready") == 1
+    rig.ready(2)
+    assert first.one[0] is True
+    assert [g.number for g in rig.supervisor.generations] == [1, 2, 3]  # one more, not three
+    assert second.got == third.got == []
+    rig.ready(3)
+    assert second.one == third.one
+    assert second.one[1].startswith("generation 3 is serving; sent TERM to worker")
+
+
+def test_kill_old_delay_holds_the_signal_and_the_answer() -> None:
+    rig = Rig(environ={"KILL_OLD_DELAY": "5"}).serving()
+    answers = Answers()
+    rig.supervisor.on_request("reload", answers)
+    rig.advance(1.0)
+    assert rig.state(1) is State.RETIRING
+    assert "sleeping 5 secs before killing old workers" in rig.log
+    assert rig.host.signals == [] and answers.got == []
+    assert rig.until_next_deadline() == 5.0
+    assert rig.host.signals == [(rig.pid(1), TERM)]
+    assert answers.one[0] is True
+
+
+def test_an_old_generation_that_exits_before_its_signal_answers_the_reload() -> None:
+    rig = Rig(environ={"KILL_OLD_DELAY": "5"}).serving()
+    answers = Answers()
+    rig.supervisor.on_request("reload", answers)
+    rig.advance(1.0)
+    old = rig.pid(1)
+    rig.exit(1)
+    assert answers.one == (True, f"old worker {old} exited before its signal")
+    assert rig.host.signals == []
+    assert rig.supervisor.next_deadline() is None
+
+
+def test_kill_old_delay_is_read_from_the_envdir_at_each_reload(tmp_path: Path) -> None:
+    rig = Rig(envdir=str(tmp_path)).serving()
+    (tmp_path / "KILL_OLD_DELAY").write_text("3\n")
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.advance(1.0)
+    assert rig.until_next_deadline() == 3.0
+    (tmp_path / "KILL_OLD_DELAY").write_text("not a number\n")
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.advance(1.0)
+    assert "envdir: KILL_OLD_DELAY: 'not a number' is not a number of seconds" in rig.log
+    assert rig.state(2) is State.DRAINING  # the default, 0: signalled at once
+
+
+def test_stop_timeout_escalates_to_kill() -> None:
+    rig = Rig(stop_timeout=7.0).serving()
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.advance(1.0)
+    assert rig.until_next_deadline() == 7.0
+    assert rig.host.signals == [(rig.pid(1), TERM), (rig.pid(1), KILL)]
+    assert "still running 7s after its signal, sending KILL" in rig.log
+    assert rig.state(1) is State.KILLED
+    assert rig.supervisor.next_deadline() is None
+
+
+def test_a_failed_start_keeps_the_old_generation_and_says_why() -> None:
+    rig = Rig().serving()
+    answers = Answers()
+    rig.supervisor.on_request("reload", answers)
+    rig.exit(2, status=256)
+    ok, message = answers.one
+    assert not ok
+    assert message == (
+        "generation 2 failed to start: exited before it was ready, exit code 1; "
+        "the old generation keeps serving"
+    )
+    assert rig.state(1) is State.SERVING
+    assert rig.host.signals == []
+    assert rig.host.systemd[-2]["READY"] == "1"
+    assert rig.host.systemd[-2]["STATUS"].startswith("reload failed: generation 2")
+    assert "hint: worker" in rig.log
+
+
+def test_spawn_error_is_a_failed_start_with_its_reason() -> None:
+    rig = Rig().serving()
+    rig.host.spawn_error = "failed to exec app: No such file or directory"
+    answers = Answers()
+    rig.supervisor.on_request("reload", answers)
+    assert not answers.one[0]
+    assert "failed to exec app: No such file or directory" in answers.one[1]
+    assert rig.supervisor.generation_count == 2
+    assert [g.number for g in rig.supervisor.generations] == [1]
+    assert rig.supervisor.retry_at == rig.host.clock + 1.0
+
+
+# -- backoff ------------------------------------------------------------------------
+
+
+def test_failed_starts_back_off_doubling_up_to_backoff_max() -> None:
+    rig = Rig(backoff_max=10.0)
+    rig.supervisor.start()
+    waits = []
+    for number in range(1, 7):
+        rig.exit(number, status=256)
+        waits.append(rig.until_next_deadline())
+    assert waits == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert rig.log.count("hint: worker") == 1  # once per streak
+
+
+def test_an_unexpected_death_respawns_at_once_then_backs_off() -> None:
+    rig = Rig().serving()
+    rig.exit(1, status=9)
+    assert "died unexpectedly with status:9 (killed by SIGKILL), restarting" in rig.log
+    assert rig.state(2) is State.STARTING  # at once, as Perl does
+    rig.advance(1.0)
+    rig.exit(2, status=9)
+    assert rig.state(3) is State.REAPED  # not yet
+    assert rig.until_next_deadline() == 1.0
+    assert rig.state(3) is State.STARTING
+
+
+def test_the_streak_starts_afresh_after_serving_backoff_max() -> None:
+    rig = Rig(backoff_max=4.0).serving()
+    rig.exit(1, status=9)
+    rig.advance(1.0)  # generation 2 serves
+    rig.advance(4.0)  # for backoff_max
+    rig.exit(2, status=9)
+    assert rig.state(3) is State.STARTING  # respawned at once: a new streak
+
+
+# -- auto-restart -----------------------------------------------------------------
+
+
+def test_auto_restart_reloads_every_interval() -> None:
+    rig = Rig(environ={"ENABLE_AUTO_RESTART": "1", "AUTO_RESTART_INTERVAL": "100"}).serving()
+    assert rig.supervisor.next_deadline() == rig.host.clock + 100
+    assert rig.until_next_deadline() == 100.0
+    assert "autorestart triggered (interval=100)" in rig.log
+    assert rig.state(2) is State.STARTING
+    rig.advance(1.0)
+    assert rig.state(1) is State.RETIRING  # auto-restart's kill-old-delay default is 5
+    assert rig.until_next_deadline() == 5.0
+    assert rig.state(1) is State.DRAINING
+
+
+def test_auto_restart_waits_twice_the_interval_while_old_ones_drain() -> None:
+    environ = {"ENABLE_AUTO_RESTART": "1", "AUTO_RESTART_INTERVAL": "100"}
+    rig = Rig(environ=environ, stop_timeout=1000.0).serving()
+    rig.until_next_deadline()
+    rig.advance(1.0)
+    ready_at = rig.host.clock
+    rig.until_next_deadline()  # generation 1 signalled after 5 s, and it does not exit
+    assert rig.state(1) is State.DRAINING
+    assert rig.supervisor.next_deadline() == ready_at + 200
+
+
+# -- stopping -----------------------------------------------------------------------
+
+
+def test_stop_drains_everything_and_answers_every_request() -> None:
+    rig = Rig(signal_on_term=signal.SIGINT, environ={"KILL_OLD_DELAY": "5"}).serving()
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.advance(1.0)  # 2 serving, 1 retiring
+    waiting, queued = Answers(), Answers()
+    rig.supervisor.on_request("reload", waiting)  # 3 starting
+    rig.supervisor.on_request("reload", queued)  # queued behind 3
+    rig.supervisor.on_signal(signal.SIGTERM)
+    assert waiting.one == queued.one == (False, "start_server is stopping")
+    assert sorted(rig.host.signals) == sorted((rig.pid(n), signal.SIGINT) for n in (1, 2, 3))
+    assert rig.host.systemd[-1]["STOPPING"] == "1"
+    late = Answers()
+    rig.supervisor.on_request("reload", late)
+    assert late.one == (False, "start_server is stopping")
+    for number in (1, 2, 3):
+        assert not rig.supervisor.finished
+        rig.exit(number)
+    assert rig.supervisor.finished
+    assert rig.log.endswith("exiting\n")
+
+
+def test_ctrl_c_sends_term_whatever_signal_on_term_says() -> None:
+    rig = Rig(signal_on_term=signal.SIGUSR1).serving()
+    rig.supervisor.on_signal(signal.SIGINT)
+    assert rig.host.signals == [(rig.pid(1), TERM)]
+
+
+def test_unknown_requests_are_refused() -> None:
+    rig = Rig().serving()
+    answers = Answers()
+    rig.supervisor.on_request("shutdown", answers)
+    assert answers.one == (False, "unknown request 'shutdown'")
+
+
+# -- persistent state ------------------------------------------------------------------
+
+
+def test_the_persistent_state_survives_being_written_out_and_read_back() -> None:
+    rig = Rig(environ={"KILL_OLD_DELAY": "5"}).serving()
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.advance(1.0)  # 1 retiring, 2 serving
+    rig.supervisor.on_signal(signal.SIGHUP)  # 3 starting
+    text = json.dumps(rig.supervisor.snapshot())
+    other = Rig(environ={"KILL_OLD_DELAY": "5"})
+    other.host.clock = rig.host.clock
+    other.supervisor.restore(json.loads(text))
+    assert other.supervisor.snapshot() == rig.supervisor.snapshot()
+    assert other.supervisor.next_deadline() == rig.supervisor.next_deadline()
+    assert [other.state(n) for n in (1, 2, 3)] == [State.RETIRING, State.SERVING, State.STARTING]
+    other.until_next_deadline()  # the restored one goes on where the first left off
+    assert other.state(3) is State.SERVING
