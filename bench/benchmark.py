@@ -59,8 +59,10 @@ from support import (  # noqa: E402 - the tests' real-process helpers
     START_SERVER,
     UVICORN_APP,
     Daemon,
+    build_debs,
     free_port,
     http_get,
+    process_figures,
     reloading,
     run_ab,
     worker_env,
@@ -338,16 +340,10 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
     debs = workdir / "debs"
     debs.mkdir()
-    build = subprocess.run(
-        [str(ROOT / "scripts" / "build-deb.sh")],
-        env={**os.environ, "DIST_DIR": str(debs)},
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if build.returncode != 0:
-        raise SystemExit(f"bench: building the packages failed:\n{build.stderr[-2000:]}")
+    try:
+        build_debs(debs)
+    except RuntimeError as err:
+        raise SystemExit(f"bench: {err}") from None
     binds = [
         (debs, "/debs"),
         (ROOT / "tests" / "apps", "/srv/apps"),
@@ -508,19 +504,6 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 # -- scenario 4: footprint ---------------------------------------------------------
-
-
-def process_figures(pid: int) -> dict[str, float]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    fields = dict(line.split(":", 1) for line in status.splitlines())
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return {
-        "rss_kib": int(fields["VmRSS"].split()[0]),
-        "cpu_s": (int(stat[11]) + int(stat[12])) / ticks,  # utime + stime
-        "context_switches": int(fields["voluntary_ctxt_switches"])
-        + int(fields["nonvoluntary_ctxt_switches"]),
-    }
 
 
 def footprint(profile: dict[str, Any]) -> dict[str, Any]:

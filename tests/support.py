@@ -350,12 +350,6 @@ def run_ab(
         check=False,
     )
     resets = aborted_on_close() - resets_before
-    output = result.stdout + result.stderr
-
-    def figure(name: str, kind: Callable[[str], float] = int) -> float:
-        match = re.search(rf"^{name}:\s+([\d.]+)", output, re.M)
-        return kind(match.group(1)) if match else 0
-
     samples: list[tuple[float, int]] = []  # (start, epoch seconds; total ms)
     if timings.exists():
         for line in timings.read_text().splitlines()[1:]:
@@ -365,23 +359,9 @@ def run_ab(
         timings.unlink()
     samples.sort()
     totals = sorted(ms for _, ms in samples)
-    breakdown = re.search(
-        r"\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)", output
-    )
     return {
-        "requests": int(figure("Complete requests")),
-        "failed": int(figure("Failed requests")),
-        "refused": int(breakdown.group(1)) if breakdown else 0,
-        "failures_by_kind": dict(
-            zip(
-                ("connect", "receive", "length", "exceptions"),
-                map(int, breakdown.groups()) if breakdown else (0, 0, 0, 0),
-                strict=True,
-            )
-        ),
+        **ab_figures(result.stdout + result.stderr),
         "resets": resets,
-        "non_2xx": int(figure("Non-2xx responses")),
-        "requests_per_second": figure("Requests per second", float),
         "latency_ms": {
             "p50": percentile(totals, 50),
             "p99": percentile(totals, 99),
@@ -390,6 +370,59 @@ def run_ab(
         "ab_exit": result.returncode,
         "samples": samples,
     }
+
+
+def ab_figures(output: str) -> dict[str, Any]:
+    """What ab printed: requests, failures (and by kind), non-2xx, req/s."""
+
+    def figure(name: str, kind: Callable[[str], float] = int) -> float:
+        match = re.search(rf"^{name}:\s+([\d.]+)", output, re.M)
+        return kind(match.group(1)) if match else 0
+
+    breakdown = re.search(
+        r"\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)", output
+    )
+    by_kind = map(int, breakdown.groups()) if breakdown else (0, 0, 0, 0)
+    return {
+        "requests": int(figure("Complete requests")),
+        "failed": int(figure("Failed requests")),
+        "refused": int(breakdown.group(1)) if breakdown else 0,
+        "failures_by_kind": dict(
+            zip(("connect", "receive", "length", "exceptions"), by_kind, strict=True)
+        ),
+        "non_2xx": int(figure("Non-2xx responses")),
+        "requests_per_second": figure("Requests per second", float),
+    }
+
+
+def process_figures(pid: int) -> dict[str, float]:
+    """A process's resident memory, CPU time and context switches, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines())
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {
+        "rss_kib": int(fields["VmRSS"].split()[0]),
+        "cpu_s": (int(stat[11]) + int(stat[12])) / ticks,  # utime + stime
+        "voluntary_switches": int(fields["voluntary_ctxt_switches"]),
+        "context_switches": int(fields["voluntary_ctxt_switches"])
+        + int(fields["nonvoluntary_ctxt_switches"]),
+    }
+
+
+def build_debs(out: Path, version: str | None = None) -> list[Path]:
+    """Build our .debs into ``out`` (the version in the changelog, unless given)."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "build-deb.sh"), *([version] if version else [])],
+        env={**os.environ, "DIST_DIR": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"building the packages failed:\n{result.stderr[-3000:]}")
+    return sorted(out.glob(f"*_{version}_all.deb" if version else "*.deb"))
 
 
 def percentile(ordered: list[int], pct: float) -> float:

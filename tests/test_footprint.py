@@ -8,18 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from support import EXAMPLE_APP, PERL_START_SERVER, START_SERVER, free_port, running, worker_env
+from support import (
+    EXAMPLE_APP,
+    PERL_START_SERVER,
+    START_SERVER,
+    free_port,
+    process_figures,
+    running,
+    worker_env,
+)
 
 IDLE_WINDOW = 5.0  # seconds of observation; the assertion is a count, not a duration
-
-
-def _status(pid: int) -> dict[str, int]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
-            fields[name] = int(value.split()[0])
-    return fields
 
 
 def _wait_until_blocked_in_epoll(pid: int, timeout: float = 10.0) -> None:
@@ -37,10 +36,10 @@ def test_idle_superdaemon_never_wakes_up() -> None:
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"is ready")
         _wait_until_blocked_in_epoll(daemon.pid)
-        before = _status(daemon.pid)
+        before = process_figures(daemon.pid)
         time.sleep(IDLE_WINDOW)  # the measurement window itself
-        after = _status(daemon.pid)
-    assert after["voluntary_ctxt_switches"] == before["voluntary_ctxt_switches"]
+        after = process_figures(daemon.pid)
+    assert after["voluntary_switches"] == before["voluntary_switches"]
 
 
 @pytest.mark.skipif(not os.path.exists(PERL_START_SERVER), reason="Perl start_server missing")
@@ -52,5 +51,5 @@ def test_resident_memory_at_most_perls() -> None:
             daemon.wait_for(r"starting new worker")
             daemon.signal(1)  # one reload, so both have run their whole reload path
             daemon.wait_for(r"^old worker \d+ died")
-            rss[name] = _status(daemon.pid)["VmRSS"]
+            rss[name] = process_figures(daemon.pid)["rss_kib"]
     assert rss["ours"] <= rss["perl"], rss

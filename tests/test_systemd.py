@@ -16,11 +16,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from machine import Machine, booted
-from support import ROOT, http_get, report
+from support import ROOT, ab_figures, build_debs, http_get, report
 
 pytestmark = [
     pytest.mark.systemd,
@@ -75,26 +76,25 @@ class Ab:
             self.proc.send_signal(signal.SIGINT)
         self.output, _ = self.proc.communicate(timeout=60)
 
-    def figure(self, name: str) -> int:
-        match = re.search(rf"^{name}:\s+(\d+)", self.output, re.M)
-        return int(match.group(1)) if match else 0
+    @property
+    def figures(self) -> dict[str, Any]:
+        return ab_figures(self.output)
 
     @property
     def complete(self) -> int:
-        return self.figure("Complete requests")
+        return int(self.figures["requests"])
 
     @property
     def failed(self) -> int:
-        return self.figure("Failed requests")
+        return int(self.figures["failed"])
 
     @property
     def non_2xx(self) -> int:
-        return self.figure("Non-2xx responses")
+        return int(self.figures["non_2xx"])
 
     @property
     def refused(self) -> int:
-        match = re.search(r"\(Connect: (\d+)", self.output)
-        return int(match.group(1)) if match else 0
+        return int(self.figures["refused"])
 
     def keep_going(self, seconds: float) -> None:
         """Let the load run on (a load duration, not a synchronisation)."""
@@ -107,18 +107,6 @@ class Ab:
             if http_get(self.port)[0] == 200:
                 return
         raise AssertionError("no traffic")
-
-
-def build_debs(out: Path, version: str) -> None:
-    result = subprocess.run(
-        [str(ROOT / "scripts/build-deb.sh"), version],
-        env={**os.environ, "DIST_DIR": str(out)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
@@ -214,7 +215,7 @@ class Supervisor:
         """Every deadline and what happens when it passes: each written once."""
         for gen in self.generations:
             if gen.deadline is not None:
-                yield gen.deadline, lambda gen=gen: self._deadline_passed(gen)  # type: ignore[misc]
+                yield gen.deadline, functools.partial(self._deadline_passed, gen)
         if self.retry_at is not None:
             yield self.retry_at, self._retry
         auto_restart = self._auto_restart_at()
@@ -225,10 +226,15 @@ class Supervisor:
         return min((deadline for deadline, _ in self._timers()), default=None)
 
     def on_time(self) -> None:
+        """Run what is due, earliest first.  Each action clears or moves its
+        own deadline forward, and may make another one due (a kill-old-delay
+        of 0 signals at once), so the timers are read again after each."""
         now = self.host.now()
-        for deadline, action in sorted(self._timers(), key=lambda timer: timer[0]):
-            if deadline <= now and not self.finished:
-                action()
+        while not self.finished:
+            due = [timer for timer in self._timers() if timer[0] <= now]
+            if not due:
+                return
+            min(due, key=lambda timer: timer[0])[1]()
 
     # -- events -------------------------------------------------------------
 
@@ -265,7 +271,6 @@ class Supervisor:
         fields = {"generation": gen.number, "pid": gen.pid, "exit_status": status}
         if self.stopping:
             self.log.event(Event.EXIT, f"worker {gen.pid} died, {raw}", **fields)
-            self._write_status()
             self._finish_if_stopped()
         elif gen.ready_at is None:
             self.log.event(
@@ -274,23 +279,7 @@ class Supervisor:
                 priority=ERR,
                 **fields,
             )
-            lived = self.host.now() - gen.spawned_at
-            # The hint once per streak of failures, not at every retry.
-            quick = was is State.STARTING and lived < QUICK_EXIT_SECONDS and status != 0
-            if quick and self.failures == 0:
-                self.log.line(
-                    f"hint: worker {gen.pid} exited {lived:.2f}s after its start; if it "
-                    "reported 'Address already in use', it binds the port itself instead "
-                    "of using the sockets passed in SERVER_STARTER_PORT",
-                    priority=NOTICE,
-                )
-            if was is State.KILLED:
-                reason = (
-                    f"no READY=1 within {self.settings.ready_timeout:g}s (--ready-timeout), killed"
-                )
-            else:
-                reason = f"exited before it was ready, {describe_status(status)}"
-            self._start_failed(gen, reason)
+            self._start_failed(gen, self._why_never_ready(gen, was, status))
         elif was is State.SERVING:
             self.log.event(
                 Event.EXIT,
@@ -298,7 +287,6 @@ class Supervisor:
                 priority=WARNING,
                 **fields,
             )
-            self._write_status()
             starting = self._pending()
             if starting is not None:
                 self.log.line(f"generation {starting.number}, still starting, will take over")
@@ -307,7 +295,6 @@ class Supervisor:
                 self._schedule_retry(f"worker {gen.pid} died unexpectedly", after_death=True)
         else:
             self.log.event(Event.EXIT, f"old worker {gen.pid} died, {raw}", **fields)
-            self._write_status()
             self._notify_systemd(f"STATUS={self._status_text()}")
         self._settle_reloads()
 
@@ -358,8 +345,7 @@ class Supervisor:
         self._settle_reloads()
         for gen in alive:
             if gen.state in (State.STARTING, State.SERVING, State.RETIRING):
-                self._enter(gen, State.DRAINING, to_send)
-        self._write_status()
+                self._enter(gen, State.DRAINING, sent=to_send)
         self._finish_if_stopped()
 
     def _finish_if_stopped(self) -> None:
@@ -369,20 +355,38 @@ class Supervisor:
 
     # -- the generation's lifecycle ---------------------------------------
 
-    def _enter(self, gen: Generation, state: State, sent: signal.Signals | None = None) -> None:
-        """The one place a generation changes state, with what entering it means."""
+    def _enter(
+        self, gen: Generation, state: State, how: str = "", sent: signal.Signals | None = None
+    ) -> None:
+        """The one place a generation changes state: its deadline, its log
+        line, its signal, the status file and ``STATUS=``."""
         now = self.host.now()
-        gen.state = state
-        gen.deadline = None
+        gen.state, gen.deadline = state, None
         if state is State.STARTING:
             gen.deadline = gen.spawned_at + self.settings.ready_wait
+            self.log.event(
+                Event.SPAWN, f"starting new worker {gen.pid}", generation=gen.number, pid=gen.pid
+            )
         elif state is State.SERVING:
             gen.ready_at = self.last_restart = now
+            self.log.event(
+                Event.READY,
+                f"worker {gen.pid} (generation {gen.number}) is ready ({how})",
+                generation=gen.number,
+                pid=gen.pid,
+            )
+            self._write_status()
+            # systemd hears of the new generation before anyone is answered, so
+            # `systemctl reload` never returns ahead of the unit's status.
+            self._notify_systemd(f"READY=1\nSTATUS={self._status_text()}")
         elif state is State.RETIRING:
-            gen.deadline = now + self._tunables().kill_old_delay
+            delay = self._tunables().kill_old_delay
+            gen.deadline = now + delay
+            if delay > 0:
+                self.log.line(f"sleeping {delay:g} secs before killing old workers")
         elif state is State.DRAINING:
-            assert sent is not None
             gen.deadline = now + self.settings.stop_timeout
+            sent = sent or self.settings.signal_on_hup
             self.log.event(
                 Event.DRAIN,
                 f"sending {signal_name(sent)} to worker {gen.pid} (generation {gen.number})",
@@ -390,28 +394,35 @@ class Supervisor:
                 pid=gen.pid,
             )
             self.host.signal(gen.pid, sent)
+            if not self.stopping:
+                self._notify_systemd(f"STATUS={self._status_text()}")
         elif state is State.KILLED:
+            if gen.ready_at is not None:  # else: never ready in time, and its exit says so
+                self.log.event(
+                    Event.KILL,
+                    f"worker {gen.pid} (generation {gen.number}) still running "
+                    f"{self.settings.stop_timeout:g}s after its signal, sending KILL",
+                    priority=WARNING,
+                    generation=gen.number,
+                    pid=gen.pid,
+                )
             self.host.signal(gen.pid, signal.SIGKILL)
         elif state is State.REAPED:
             self.generations.remove(gen)
+            if gen.ready_at is not None:
+                self._write_status()
 
     def _deadline_passed(self, gen: Generation) -> None:
         if gen.state is State.STARTING:
             if self.settings.require_notify:
-                self._enter(gen, State.KILLED)  # its exit records the failure
+                self._enter(gen, State.KILLED)
             else:
                 self._became_ready(gen, f"alive after {self.settings.interval:g}s")
         elif gen.state is State.RETIRING:
-            self._signal_old(gen)
+            self.log.event(Event.DRAIN, "killing old workers")
+            self._enter(gen, State.DRAINING)
+            self._settle_reloads()
         elif gen.state is State.DRAINING:
-            self.log.event(
-                Event.KILL,
-                f"worker {gen.pid} (generation {gen.number}) still running "
-                f"{self.settings.stop_timeout:g}s after its signal, sending KILL",
-                priority=WARNING,
-                generation=gen.number,
-                pid=gen.pid,
-            )
             self._enter(gen, State.KILLED)
 
     def _start_generation(self, reload: Reload, is_reload: bool) -> None:
@@ -451,19 +462,15 @@ class Supervisor:
         reload.generation = gen
         self.generations.append(gen)
         self._enter(gen, State.STARTING)
-        self.log.event(Event.SPAWN, f"starting new worker {pid}", generation=number, pid=pid)
         if not is_reload:
             self._notify_systemd(f"STATUS=starting generation {number}")
 
     def _became_ready(self, gen: Generation, how: str) -> None:
         previous = self._serving()
-        self._enter(gen, State.SERVING)
-        self.log.event(
-            Event.READY,
-            f"worker {gen.pid} (generation {gen.number}) is ready ({how})",
-            generation=gen.number,
-            pid=gen.pid,
-        )
+        for reload in self.reloads:
+            if reload.generation is gen:
+                reload.replaced = previous
+        self._enter(gen, State.SERVING, how)
         if previous is not None or gen.is_reload:
             self.log.event(
                 Event.DRAIN,
@@ -471,29 +478,26 @@ class Supervisor:
                 f"{signal_name(self.settings.signal_on_hup)} to old workers:"
                 f"{previous.pid if previous is not None else 'none'}",
             )
-        for reload in self.reloads:
-            if reload.generation is gen:
-                reload.replaced = previous
         if previous is not None:
             self._enter(previous, State.RETIRING)
-        # systemd hears of the new generation before anyone is answered, so
-        # `systemctl reload` never returns ahead of the unit's status.
-        self._write_status()
-        self._notify_systemd(f"READY=1\nSTATUS={self._status_text()}")
-        if previous is not None:
-            delay = self._tunables().kill_old_delay
-            if delay > 0:
-                self.log.line(f"sleeping {delay:g} secs before killing old workers")
-            else:
-                self._signal_old(previous)
+            if previous.deadline is not None and previous.deadline <= self.host.now():
+                self._deadline_passed(previous)  # no --kill-old-delay: signalled at once
         self._settle_reloads()
         self._start_next_reload()
 
-    def _signal_old(self, gen: Generation) -> None:
-        self.log.event(Event.DRAIN, "killing old workers")
-        self._enter(gen, State.DRAINING, self.settings.signal_on_hup)
-        self._notify_systemd(f"STATUS={self._status_text()}")
-        self._settle_reloads()
+    def _why_never_ready(self, gen: Generation, was: State, status: int) -> str:
+        if was is State.KILLED:
+            return f"no READY=1 within {self.settings.ready_timeout:g}s (--ready-timeout), killed"
+        lived = self.host.now() - gen.spawned_at
+        # The hint once per streak of failures, not at every retry.
+        if lived < QUICK_EXIT_SECONDS and status != 0 and self.failures == 0:
+            self.log.line(
+                f"hint: worker {gen.pid} exited {lived:.2f}s after its start; if it "
+                "reported 'Address already in use', it binds the port itself instead "
+                "of using the sockets passed in SERVER_STARTER_PORT",
+                priority=NOTICE,
+            )
+        return f"exited before it was ready, {describe_status(status)}"
 
     def _start_failed(self, gen: Generation, reason: str) -> None:
         serving = self._serving()
@@ -632,13 +636,14 @@ class Supervisor:
         return next((g for g in self.generations if g.ready_at is None), None)
 
     def _serving(self) -> Generation | None:
-        return next((g for g in self.generations if g.state is State.SERVING), None)
+        """The newest one serving (the one it replaces retires in the same step)."""
+        serving = [g for g in self.generations if g.state is State.SERVING]
+        return serving[-1] if serving else None
 
     def _old(self) -> list[Generation]:
         """Replaced generations, retiring or draining."""
-        return [
-            g for g in self.generations if g.ready_at is not None and g.state is not State.SERVING
-        ]
+        serving = self._serving()
+        return [g for g in self.generations if g.ready_at is not None and g is not serving]
 
     @staticmethod
     def _pid_list(gens: Sequence[Generation]) -> str:
