@@ -313,6 +313,40 @@ def test_failed_starts_back_off_doubling_up_to_backoff_max() -> None:
     assert rig.log.count("hint: worker") == 1  # once per streak
 
 
+def test_a_streak_starts_after_the_last_ready_generation() -> None:
+    """Upstream's t/02-startfail.t: generation 1 fails, 2 serves, a HUP a
+    second later, 3 and 4 fail; 5 must serve within 6 s of the HUP."""
+    rig = Rig()
+    rig.supervisor.start()
+    rig.exit(1, status=256)
+    rig.until_next_deadline()  # the retry: generation 2
+    rig.advance(1.0)
+    assert rig.state(2) is State.SERVING
+    rig.advance(1.0)
+    hup = rig.host.clock
+    rig.supervisor.on_signal(signal.SIGHUP)
+    waits = []
+    for number in (3, 4):
+        rig.exit(number, status=256)
+        waits.append(rig.until_next_deadline())
+    assert waits == [1.0, 2.0]  # a new streak: from --interval, not from where 1 left it
+    rig.advance(1.0)
+    assert rig.state(5) is State.SERVING
+    assert rig.host.clock - hup <= 6.0
+
+
+def test_failed_reloads_double_however_long_the_old_one_served() -> None:
+    rig = Rig(backoff_max=30.0).serving()
+    rig.advance(1000.0)  # far longer than --backoff-max
+    rig.supervisor.on_signal(signal.SIGHUP)
+    waits = []
+    for number in range(2, 8):
+        rig.exit(number, status=256)
+        waits.append(rig.until_next_deadline())
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    assert rig.state(1) is State.SERVING
+
+
 def test_an_unexpected_death_respawns_at_once_then_backs_off() -> None:
     rig = Rig().serving()
     rig.exit(1, status=9)

@@ -95,7 +95,16 @@ class Generation:
     """One spawn of the server program: plain data.  (Plain classes with
     __slots__, not dataclasses: see sockets.PortSpec.)"""
 
-    __slots__ = ("deadline", "is_reload", "number", "pid", "ready_at", "spawned_at", "state")
+    __slots__ = (
+        "deadline",
+        "is_reload",
+        "number",
+        "pid",
+        "ready_at",
+        "spawned_at",
+        "state",
+        "streak_at_ready",
+    )
 
     def __init__(
         self,
@@ -106,6 +115,7 @@ class Generation:
         state: State = State.STARTING,
         deadline: float | None = None,
         ready_at: float | None = None,
+        streak_at_ready: int = 0,
     ) -> None:
         self.number = number
         self.pid = pid
@@ -114,6 +124,7 @@ class Generation:
         self.state = state
         self.deadline = deadline
         self.ready_at = ready_at  # None: never ready, so its exit is a failed start
+        self.streak_at_ready = streak_at_ready  # failures in a row its start ended
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -124,6 +135,7 @@ class Generation:
             "state": self.state.value,
             "deadline": self.deadline,
             "ready_at": self.ready_at,
+            "streak_at_ready": self.streak_at_ready,
         }
 
     @classmethod
@@ -140,6 +152,7 @@ class Generation:
             state=State(data["state"]),
             deadline=number("deadline"),
             ready_at=number("ready_at"),
+            streak_at_ready=int(data["streak_at_ready"]),  # type: ignore[call-overload]
         )
 
 
@@ -291,7 +304,7 @@ class Supervisor:
             if starting is not None:
                 self.log.line(f"generation {starting.number}, still starting, will take over")
             else:
-                self._count_failure(gen.ready_at)
+                self._count_death(gen)
                 self._schedule_retry(f"worker {gen.pid} died unexpectedly", after_death=True)
         else:
             self.log.event(Event.EXIT, f"old worker {gen.pid} died, {raw}", **fields)
@@ -369,6 +382,7 @@ class Supervisor:
             )
         elif state is State.SERVING:
             gen.ready_at = self.last_restart = now
+            gen.streak_at_ready, self.failures = self.failures, 0
             self.log.event(
                 Event.READY,
                 f"worker {gen.pid} (generation {gen.number}) is ready ({how})",
@@ -500,8 +514,7 @@ class Supervisor:
         return f"exited before it was ready, {describe_status(status)}"
 
     def _start_failed(self, gen: Generation, reason: str) -> None:
-        serving = self._serving()
-        self._count_failure(serving.ready_at if serving else None)
+        self.failures += 1
         for reload in self.reloads:
             if reload.generation is gen:
                 reload.failure = reason
@@ -564,16 +577,22 @@ class Supervisor:
 
     # -- backoff and auto-restart ---------------------------------------------
 
-    def _count_failure(self, stable_since: float | None) -> None:
-        # The backoff starts afresh once a generation has served a good while.
-        now = self.host.now()
-        if stable_since is not None and now - stable_since >= self.settings.backoff_max:
-            self.failures = 0
-        self.failures += 1
+    # The backoff.  A streak of failures starts at the first failure after a
+    # generation became ready (becoming ready ends a streak).  Each failed start
+    # adds one and waits --interval, doubled for each further failure up to
+    # --backoff-max.  A serving generation that dies before it has served
+    # --backoff-max carries on the streak its own start ended, so an app that
+    # crashes soon after each start still backs off; one that served longer
+    # starts a new streak.  The first unexpected death of a streak respawns
+    # at once, as Perl does.
+
+    def _count_death(self, gen: Generation) -> None:
+        assert gen.ready_at is not None
+        served = self.host.now() - gen.ready_at
+        carried = gen.streak_at_ready if served < self.settings.backoff_max else 0
+        self.failures = max(self.failures, carried) + 1
 
     def _schedule_retry(self, why: str, after_death: bool) -> None:
-        # A first unexpected death respawns at once (as Perl does); after that,
-        # and after every failed start, wait --interval, doubling up to --backoff-max.
         steps = self.failures - (2 if after_death else 1)
         delay = (
             0.0
