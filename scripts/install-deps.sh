@@ -10,6 +10,9 @@ SYSTEM_PACKAGES="python3 python3-venv python3-systemd libserver-starter-perl apa
 # gunicorn as Debian ships it (20.1), tested beside the newest from PyPI;
 # uvloop, the event loop the example app runs on when it is installed.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-gunicorn python3-uvloop"
+# Clients people run under start_server, proven in the tests: Starman (PSGI,
+# through Net::Server::SS::PreFork), and the sdnotify readiness library.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES starman libnet-server-ss-prefork-perl python3-sdnotify"
 # make deb: building the packages offline, and checking them.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES dpkg-dev debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian"
 # End-to-end tests: a bookworm root file system booted with systemd-nspawn.

@@ -14,12 +14,15 @@ import pytest
 
 from support import (
     EXAMPLE_APP,
+    PERL_START_SERVER,
+    REPORTER,
     START_SERVER,
     free_port,
     generation_of,
     run_start_server,
     running,
     wait_for_file,
+    wait_for_reports,
     worker_env,
 )
 
@@ -34,10 +37,11 @@ APP = ["--", sys.executable, "-c", "pass"]
         (["--port=65536"], "port must be 1 to 65535"),
         (["--port=[::1:80"], "unbalanced brackets"),
         (["--port=abc"], "invalid --port value 'abc'"),
-        (["--port=8080=1"], "descriptor 1 must be from 3"),
+        (["--port=8080=1"], "descriptor 1 is stdout, where start_server logs; pin to 0"),
         (["--port=127.0.0.1:{p}", "--port=127.0.0.1:{p}"], "is given twice"),
         (["--port=127.0.0.1:{p}=9", "--port=127.0.0.1:{q}=9"], "descriptor 9 is pinned twice"),
-        (["--port=127.0.0.1:{p}=2"], "descriptor 2 must be from 3"),
+        (["--port=127.0.0.1:{p}=2"], "descriptor 2 is stderr"),
+        (["--port=8080=1048576"], "descriptor 1048576 is above the limit of open files"),
         (["--path=/tmp/" + "x" * 120], "longer than 107 bytes"),
         (["--no-such-option"], "unrecognized arguments: --no-such-option"),
         (["--interval=soon"], "'soon' is not a number of seconds"),
@@ -101,13 +105,30 @@ def test_port_in_use_and_non_socket_path(tmp_path: Path) -> None:
     assert regular.read_text() == "precious"
 
 
-def test_pin_on_a_descriptor_already_open(tmp_path: Path) -> None:
+@pytest.mark.parametrize("program", [START_SERVER, PERL_START_SERVER], ids=["ours", "perl"])
+@pytest.mark.parametrize("where", ["stdin", "an open file"])
+def test_a_pin_takes_the_descriptor_over_as_perl_does(
+    tmp_path: Path, where: str, program: str
+) -> None:
+    """``=0`` puts the socket on stdin (FastCGI servers listen there); a pin on
+    a descriptor already open replaces it, as Perl's dup2 does."""
+    if not os.path.exists(program):
+        pytest.skip(f"{program} is not installed")
+    port = free_port()
     with open(tmp_path / "f", "w") as held:
         os.set_inheritable(held.fileno(), True)
-        fd = held.fileno()
-        result = run_start_server(f"--port=127.0.0.1:{free_port()}={fd}", *APP, pass_fds=[fd])
-    assert result.returncode == 1
-    assert result.stderr.endswith(f"to descriptor {fd}: it is already open\n")
+        fd = 0 if where == "stdin" else held.fileno()
+        argv = [program, f"--port=127.0.0.1:{port}={fd}", "--", *REPORTER]
+        env = worker_env(REPORT_DIR=str(tmp_path))
+        with running(argv, env=env, pass_fds=[held.fileno()]) as daemon:
+            (report,) = wait_for_reports(tmp_path, 1)
+            daemon.wait_for(rf"^socket is duplicated to file descriptor {fd}$")
+            with socket.create_connection(("127.0.0.1", port), timeout=10):
+                pass  # the pinned socket is the one listening
+    assert report["env"]["SERVER_STARTER_PORT"] == f"127.0.0.1:{port}={fd}"
+    pinned = report["fds"][str(fd)]
+    assert (pinned["type"], pinned["listening"]) == ("stream", True)
+    assert pinned["address"] == ["127.0.0.1", port]
 
 
 def test_bad_environment_values() -> None:

@@ -78,7 +78,8 @@ def serve(args: argparse.Namespace) -> int:
             resources.callback(close_all, listeners)
         if args.log_file is not None:
             _redirect_output(args.log_file)
-        daemon_ready = _daemonize() if args.daemonize else None
+        stdin_is_a_listener = any(listener.fd == 0 for listener in listeners)
+        daemon_ready = _daemonize(keep_stdin=stdin_is_a_listener) if args.daemonize else None
         if args.pid_file:
             pid_file = PidFile(args.pid_file)
             pid_file.create()
@@ -154,7 +155,7 @@ def _redirect_output(log_file: str) -> None:
     os.close(fd)
 
 
-def _daemonize() -> int:
+def _daemonize(keep_stdin: bool) -> int:
     """fork, setsid, fork, as Perl does; but the foreground process waits
     until the daemon is set up (pid file, control socket) and exits 0 only
     then, so whoever ran it may use those at once.  Returns the descriptor
@@ -168,9 +169,10 @@ def _daemonize() -> int:
     os.setsid()
     if os.fork() != 0:
         os._exit(0)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+    if not keep_stdin:  # else it is the socket pinned there with --port=PORT=0
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
     return ready_write
 
 

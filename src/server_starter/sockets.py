@@ -16,7 +16,7 @@ import socket
 import stat
 from collections.abc import Mapping, Sequence
 
-from .fds import SD_LISTEN_FDS_START, fd_is_open
+from .fds import SD_LISTEN_FDS_START
 
 UNIX_PATH_MAX = 107  # sizeof(sun_path) - 1 for the terminating NUL
 
@@ -124,10 +124,17 @@ def parse_port(value: str) -> PortSpec:
     fd = None if fd_text is None else int(fd_text)
     if fd is not None:
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if fd < SD_LISTEN_FDS_START or fd >= limit:
+        if fd in (1, 2):
+            # Perl would dup2 the socket over its own log; nobody means that.
             raise SocketError(
-                f"invalid --port value {value!r}: descriptor {fd} must be from "
-                f"{SD_LISTEN_FDS_START} to {limit - 1} (0-2 are stdin, stdout and stderr)"
+                f"invalid --port value {value!r}: descriptor {fd} is "
+                f"{'stdout' if fd == 1 else 'stderr'}, where start_server logs; pin to 0 "
+                f"(stdin, as FastCGI servers expect) or from {SD_LISTEN_FDS_START} to {limit - 1}"
+            )
+        if fd >= limit:
+            raise SocketError(
+                f"invalid --port value {value!r}: descriptor {fd} is above the limit of open "
+                f"files ({limit - 1})"
             )
     _check_key(key, value)
     return PortSpec(key=key, host=host, port=port, udp=bool(udp), fd=fd)
@@ -178,8 +185,6 @@ def bind_port(spec: PortSpec, backlog: int) -> Listener:
         except OSError as err:
             raise SocketError(f"failed to resolve host {host!r}: {_reason(err)}") from None
     kind = socket.SOCK_DGRAM if spec.udp else socket.SOCK_STREAM
-    if spec.fd is not None and fd_is_open(spec.fd):
-        raise SocketError(f"cannot pin {spec.key} to descriptor {spec.fd}: it is already open")
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -192,6 +197,8 @@ def bind_port(spec: PortSpec, backlog: int) -> Listener:
         sock.close()
         raise SocketError(f"failed to bind to {spec.key}: {_reason(err)}") from None
     if spec.fd is not None and spec.fd != sock.fileno():
+        # As Perl: the pin wins over whatever the descriptor held (stdin for
+        # =0, the FastCGI convention; an inherited descriptor otherwise).
         os.dup2(sock.fileno(), spec.fd, inheritable=True)
         sock.close()
         sock = socket.socket(fileno=spec.fd)

@@ -1,0 +1,88 @@
+"""The clients people really run under start_server: Starman (Perl's PSGI
+server, through Net::Server::SS::PreFork) reloaded under load, and the notify
+clients that make a generation ready under --require-notify."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import (
+    APPS,
+    ROOT,
+    START_SERVER,
+    free_port,
+    reloading,
+    report,
+    restart,
+    run_ab,
+    running,
+    worker_env,
+)
+
+WORKERS = ROOT / "tests" / "workers"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param([sys.executable, str(WORKERS / "notifier.py"), "sdnotify"], id="sdnotify"),
+        pytest.param(
+            [sys.executable, str(WORKERS / "notifier.py"), "systemd"], id="systemd.daemon.notify"
+        ),
+        pytest.param([str(WORKERS / "notifier.sh")], id="systemd-notify"),
+    ],
+)
+def test_notify_clients_make_a_generation_ready(tmp_path: Path, command: list[str]) -> None:
+    pid_file = tmp_path / "pid"
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{free_port()}",
+        f"--pid-file={pid_file}",
+        "--require-notify",
+        "--ready-timeout=20",
+        "--",
+        *command,
+    ]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
+        result = restart(pid_file)
+        assert result.returncode == 0, result.stderr
+        assert daemon.matches(r"\(generation 2\) is ready \(READY=1\)")
+        daemon.wait_for(r"^old worker \d+ died, status:0 ")
+
+
+@pytest.mark.load
+@pytest.mark.skipif(shutil.which("starman") is None, reason="Debian's starman is not installed")
+def test_starman_reloads_under_load_fail_nothing(tmp_path: Path, capsys: object) -> None:
+    port, pid_file = free_port(), tmp_path / "pid"
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--pid-file={pid_file}",
+        "--signal-on-hup=QUIT",  # Starman's graceful stop: finish requests, then exit
+        "--",
+        "starman",
+        "--workers=4",
+        "--preload-app",
+        str(APPS / "hello.psgi"),
+    ]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready")
+        with reloading(lambda: daemon.signal(1), every=0.5) as reloads:
+            result = run_ab(f"http://127.0.0.1:{port}/slow", 6000, 200, tmp_path)
+        daemon.wait_for(r"^old worker \d+ died", count=len(reloads) - 1, timeout=60)
+    report(
+        capsys,
+        f"Starman 0.4016 --workers=4 under --signal-on-hup=QUIT: ab -r -n 6000 -c 200 /slow, "
+        f"{len(reloads)} reloads: {result['requests']} requests, failed {result['failed']} "
+        f"{result['failures_by_kind']}, {result['resets']} reset by the server",
+    )
+    assert len(reloads) >= 5
+    assert result["requests"] == 6000
+    assert result["failed"] == 0, result["failures_by_kind"]
+    assert result["non_2xx"] == 0
+    assert result["resets"] == 0
