@@ -235,3 +235,30 @@ def test_log_file_and_daemonize(tmp_path: Path) -> None:
         stop = run_start_server("--stop", f"--pid-file={pid_file}")
         assert stop.returncode == 0, stop.stderr
     assert "exiting" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--envdir={tmp}/missing", "envdir {tmp}/missing: no such directory"),
+        (
+            "--status-file={tmp}/missing/status",
+            "status file {tmp}/missing/status: directory {tmp}/missing does not exist",
+        ),
+    ],
+)
+def test_startup_misconfiguration_fails_before_any_worker(
+    tmp_path: Path, option: str, message: str
+) -> None:
+    marker = tmp_path / "worker-ran"
+    result = run_start_server(
+        f"--port=127.0.0.1:{free_port()}",
+        option.format(tmp=tmp_path),
+        "--",
+        "sh",
+        "-c",
+        f"touch {marker}; sleep 5",
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"start_server: {message.format(tmp=tmp_path)}\n"
+    assert not marker.exists(), "no worker may be spawned"

@@ -343,6 +343,26 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (CI ru
 
 
 @needs_root
+def test_a_read_only_status_directory_fails_the_start(tmp_path: Path) -> None:
+    marker = tmp_path / "worker-ran"
+    with tmpfs(tmp_path / "run", "64k") as run:
+        subprocess.run(["mount", "-o", "remount,ro", str(run)], check=True)
+        result = run_start_server(
+            f"--port=127.0.0.1:{free_port()}",
+            f"--status-file={run / 'status'}",
+            "--",
+            "sh",
+            "-c",
+            f"touch {marker}; sleep 5",
+        )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"start_server: status file {run / 'status'}: directory {run} is not writable\n"
+    )
+    assert not marker.exists(), "no worker may be spawned"
+
+
+@needs_root
 def test_status_directory_read_only_or_full(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

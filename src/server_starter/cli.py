@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from . import __version__
 from .control import ControlError, control_socket_path, request, stop
 from .environment import PortVariableError
-from .serve import UsageError, serve
+from .serve import StartupError, UsageError, serve
 from .settings import (
     DEFAULT_PATH_MODE,
     DEFAULTS,
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"{PROG}: {err} (see --help)", file=sys.stderr)
         return EX_USAGE
-    except (SocketError, ControlError, SpawnError, PortVariableError) as err:
+    except (SocketError, ControlError, SpawnError, PortVariableError, StartupError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EX_FAILURE
     except KeyboardInterrupt:

@@ -39,6 +39,10 @@ class UsageError(Exception):
     """The command line asks for something impossible; exit 2 with the message."""
 
 
+class StartupError(Exception):
+    """The configuration cannot work on this host (exit 1, before any worker runs)."""
+
+
 def serve(args: argparse.Namespace) -> int:
     if args.daemonize and args.log_file is None:
         raise UsageError("--log-file option must be specified together with --daemonize")
@@ -69,6 +73,7 @@ def serve(args: argparse.Namespace) -> int:
     except SettingError as err:
         raise UsageError(str(err)) from None
     _check_command(settings.command, settings.directory, environ.get("PATH"))
+    _check_paths(settings)
     control_path = control_socket_path(args.control_socket, args.pid_file, environ)
     systemd_socket = environ.pop("NOTIFY_SOCKET", None) or None
 
@@ -124,6 +129,24 @@ def _check_command(command: Sequence[str], directory: str | None, path: str | No
         for d in (path or os.defpath).split(os.pathsep)
     ):
         raise UsageError(f"server program {program}: command not found in PATH")
+
+
+def _check_paths(settings: Settings) -> None:
+    """What would fail only once a worker runs: fail now, in one line, so a
+    unit with the wrong configuration fails visibly instead of serving.  (At a
+    later reload the same faults are warnings: the serving generation stays.)"""
+    if settings.envdir is not None and not os.path.isdir(settings.envdir):
+        raise StartupError(f"envdir {settings.envdir}: no such directory")
+    if settings.status_file is not None:
+        directory = os.path.dirname(os.path.abspath(settings.status_file))
+        if not os.path.isdir(directory):
+            raise StartupError(
+                f"status file {settings.status_file}: directory {directory} does not exist"
+            )
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise StartupError(
+                f"status file {settings.status_file}: directory {directory} is not writable"
+            )
 
 
 def _redirect_output(log_file: str) -> None:
