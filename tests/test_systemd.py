@@ -512,3 +512,84 @@ def test_gunicorn_from_debian_under_systemd(
         f"{min(durations):.2f}-{max(durations):.2f}s; {GUNICORN_SOCKET} kept "
         "across reloads and stop",
     )
+
+
+INSTANCES = {"one": 8091, "two": 8092}
+EXAMPLES = "/usr/share/doc/server-starter/examples"
+
+
+def test_template_instances_reload_alone(
+    machine: Machine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two apps from the shipped app@.socket/app@.service templates: reloading
+    one fails nothing, leaves the other's worker alone, and each instance's
+    journal holds only its own events."""
+    for unit in ("app@.socket", "app@.service"):
+        machine.run("cp", f"{EXAMPLES}/{unit}", f"/etc/systemd/system/{unit}")
+    for name, port in INSTANCES.items():
+        machine.run(
+            "mkdir", "-p", f"/etc/systemd/system/app@{name}.socket.d", f"/etc/app/{name}/env"
+        )
+        machine.run(
+            "tee",
+            f"/etc/systemd/system/app@{name}.socket.d/listen.conf",
+            input=f"[Socket]\nListenStream=127.0.0.1:{port}\n",
+        )
+        machine.run("tee", f"/etc/app/{name}/env/EXAMPLE_APP_MESSAGE", input=f"Hi {name}\n")
+    machine.run("systemctl", "daemon-reload")
+    verify = machine.run(
+        "systemd-analyze", "verify", "--man=no", "app@one.socket", "app@one.service", check=False
+    )
+    assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+    for name in INSTANCES:
+        machine.run("systemctl", "start", f"app@{name}.socket", f"app@{name}.service")
+    status, headers, body = http_get(INSTANCES["two"], timeout=60)
+    assert (status, body) == (200, "Hi two from a HandleFunc #1!\n")
+    two_worker, two_main = headers["x-worker-pid"], machine.show("app@two", "MainPID")
+    assert http_get(INSTANCES["one"], timeout=60)[2] == "Hi one from a HandleFunc #1!\n"
+
+    reloads = 5
+    with Ab(concurrency=200, port=INSTANCES["one"]) as ab:
+        ab.wait_for_traffic()
+        for number in range(2, reloads + 2):
+            machine.run("systemctl", "reload", "app@one")
+            status_text = machine.show("app@one", "StatusText")
+            assert status_text.startswith(f"generation {number} (pid "), status_text
+    assert ab.complete > 1000, ab.output
+    assert (ab.failed, ab.non_2xx) == (0, 0), ab.output
+
+    _, headers, _ = http_get(INSTANCES["two"])
+    assert (headers["x-worker-pid"], headers["x-server-starter-generation"]) == (two_worker, "1")
+    assert machine.show("app@two", "MainPID") == two_main
+    entries = {
+        name: [
+            json.loads(line)
+            for line in machine.run(
+                "journalctl", "-u", f"app@{name}", "-o", "json", "--no-pager"
+            ).stdout.splitlines()
+            if line.strip()
+        ]
+        for name in INSTANCES
+    }
+    ours = [e for e in entries["one"] if "SERVER_STARTER_EVENT" in e]
+    assert {e["_SYSTEMD_UNIT"] for e in ours} == {"app@one.service"}
+    # systemd's own lines about the unit (from init.scope) name it too.
+    assert {e.get("UNIT", "app@one.service") for e in entries["one"]} <= {
+        "app@one.service",
+        "app@one.socket",
+    }
+    reload_events = [e for e in ours if e.get("SERVER_STARTER_EVENT") == "reload"]
+    assert len(reload_events) == reloads
+    one_pids = {e["SERVER_STARTER_WORKER_PID"] for e in ours if "SERVER_STARTER_WORKER_PID" in e}
+    two_pids = {
+        e["SERVER_STARTER_WORKER_PID"] for e in entries["two"] if "SERVER_STARTER_WORKER_PID" in e
+    }
+    assert two_worker in two_pids and two_worker not in one_pids
+    assert not [e for e in entries["two"] if e.get("SERVER_STARTER_EVENT") == "reload"]
+    for name in INSTANCES:
+        machine.run("systemctl", "stop", f"app@{name}.service", f"app@{name}.socket")
+    report(
+        capsys,
+        f"template units, app@one and app@two: {reloads} reloads of app@one under ab -c 200: "
+        f"{ab.complete} requests, {ab.failed} failed; app@two's worker {two_worker} untouched",
+    )
