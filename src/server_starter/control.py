@@ -66,11 +66,15 @@ class PidFile:
 
     def create(self) -> None:
         try:
-            handle = open(self.path, "w", encoding="ascii")  # noqa: SIM115 - held for our lifetime
+            # Not truncated before the lock is ours: a second start_server that
+            # is refused must leave the running one's pid in place.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            handle = open(fd, "w", encoding="ascii")  # noqa: SIM115 - held for our lifetime
         except OSError as err:
             raise ControlError(f"failed to open file:{self.path}: {err.strerror}") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            handle.truncate(0)
             handle.write(f"{os.getpid()}\n")
             handle.flush()
         except OSError as err:
