@@ -24,6 +24,9 @@ if [ "$version" != "$(dpkg-parsechangelog -l "$src/debian/changelog" -S Version)
         cat packaging/debian/changelog
     } > "$src/debian/changelog"
 fi
+# The program says the version it was built as (the in-place upgrade logs
+# both the old and the new one).
+sed -i "s/^__version__ = .*/__version__ = \"$version\"/" "$src/src/server_starter/__init__.py"
 # Debian's python3 builds the package, whatever else is first on PATH.
 (cd "$src" && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b --no-sign > "$work/build.log" 2>&1) || {
     tail -40 "$work/build.log" >&2

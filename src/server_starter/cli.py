@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         "ready and the old one signalled, 1 with the reason if it failed",
     )
     add(
+        "--upgrade",
+        action="store_true",
+        help="ask the running start_server to become the installed version in place "
+        "(same pid, sockets and workers); exit 0 once it runs, 1 with the reason if not",
+    )
+    add(
         "--stop",
         action="store_true",
         help="send TERM to the start_server named by --pid-file and wait until it exits",
@@ -237,17 +243,21 @@ def run(argv: Sequence[str]) -> int:
     if args.version:
         print(__version__)
         return 0
-    if args.restart:
+    if args.restart or args.upgrade:
+        if args.restart and args.upgrade:
+            raise UsageError("--restart and --upgrade are separate requests: give one")
+        option = "--restart" if args.restart else "--upgrade"
         control_path = control_socket_path(args.control_socket, args.pid_file, os.environ)
         if control_path is None:
             raise UsageError(
-                "--restart needs --pid-file or --control-socket "
+                f"{option} needs --pid-file or --control-socket "
                 "(or RuntimeDirectory= in the systemd unit)"
             )
         restart_timeout = args.restart_timeout
         if restart_timeout is None:
             restart_timeout = DEFAULTS["restart_timeout"]
-        message = request(control_path, "reload", restart_timeout)
+        command = "reload" if args.restart else "upgrade"
+        message = request(control_path, command, restart_timeout)
         print(f"start_server: {message}", file=sys.stderr)
         return 0
     if args.stop:

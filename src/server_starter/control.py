@@ -84,6 +84,19 @@ class PidFile:
             raise ControlError(f"failed to write {self.path}: {err.strerror}") from None
         self._file = handle
 
+    @classmethod
+    def adopt(cls, path: str, fd: int) -> PidFile:
+        """The pid file a previous image of this process created (its lock
+        belongs to the open file, so it held across exec; the pid is ours)."""
+        pid_file = cls(path)
+        os.set_inheritable(fd, False)
+        pid_file._file = open(fd, "w", encoding="ascii")  # noqa: SIM115 - held for our lifetime
+        return pid_file
+
+    def fileno(self) -> int:
+        assert self._file is not None
+        return self._file.fileno()
+
     def remove(self) -> None:
         if self._file is None:
             return
@@ -159,6 +172,7 @@ class ControlServer:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.connections: list[_Connection] = []
         self._register: Callable[[socket.socket, Callable[[Supervisor], None]], None]
         self._unregister: Callable[[socket.socket], None]
 
@@ -182,10 +196,32 @@ class ControlServer:
                 conn.sendall(b"error permission denied\n")
             conn.close()
             return
-        _Connection(conn, self._register, self._unregister)
+        self.connections = [c for c in self.connections if not c.done]
+        self.connections.append(_Connection(conn, self._register, self._unregister))
 
     def close(self) -> None:
         self.sock.close()
+
+    # -- the hand-over of an in-place upgrade (see upgrade.py) --------------
+
+    def handover(self) -> list[dict[str, object]]:
+        """The clients still waiting (for a reload's outcome, most often)."""
+        self.connections = [c for c in self.connections if not c.done]
+        return [
+            {"fd": c.conn.fileno(), "buffer": c.buffer.decode(errors="replace")}
+            for c in self.connections
+        ]
+
+    def adopt(self, connections: list[dict[str, object]]) -> list[_Connection]:
+        """Take back the clients handed over, in the same order (after attach)."""
+        for entry in connections:
+            conn = socket.socket(fileno=int(entry["fd"]))  # type: ignore[call-overload]
+            conn.set_inheritable(False)
+            conn.setblocking(False)
+            connection = _Connection(conn, self._register, self._unregister)
+            connection.buffer = str(entry["buffer"]).encode()
+            self.connections.append(connection)
+        return list(self.connections)
 
 
 class _Connection:
@@ -222,7 +258,10 @@ class _Connection:
                 self.answer(False, "request too long")
             return
         self.buffer = line + b"\n"
-        supervisor.on_request(line.decode(errors="replace").strip(), self.answer)
+        supervisor.on_request(line.decode(errors="replace").strip(), self)
+
+    def __call__(self, ok: bool, message: str) -> None:
+        self.answer(ok, message)
 
     def answer(self, ok: bool, message: str) -> None:
         if self.done:

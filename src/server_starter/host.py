@@ -67,7 +67,7 @@ class SystemHost(Host):
         self._wakeup_read.setblocking(False)
         self._wakeup_write.setblocking(False)
         signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
-        for number in (signal.SIGHUP, *STOP_SIGNALS):
+        for number in (signal.SIGHUP, signal.SIGUSR2, *STOP_SIGNALS):
             # The handler does nothing: the wakeup fd carries the signal number.
             signal.signal(number, lambda *_: None)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -95,10 +95,33 @@ class SystemHost(Host):
             notifier.close()
             raise
         worker = _Worker(process.pid, process.pidfd, notifier)
+        self._watch(worker)
+        return worker.pid
+
+    def _watch(self, worker: _Worker) -> None:
         self.workers[worker.pid] = worker
         self._register(worker.pidfd, lambda supervisor: self._on_pidfd(supervisor, worker))
-        self._register(notifier.sock, lambda supervisor: self._on_notify_socket(supervisor, worker))
-        return worker.pid
+        self._register(
+            worker.notifier.sock, lambda supervisor: self._on_notify_socket(supervisor, worker)
+        )
+
+    # -- the hand-over of an in-place upgrade (see upgrade.py) --------------
+
+    def handover(self) -> list[dict[str, object]]:
+        """Each worker's pid and notify socket, for the next image."""
+        return [
+            {"pid": w.pid, "notify_fd": w.notifier.fileno(), "notify_address": w.notifier.address}
+            for w in self.workers.values()
+        ]
+
+    def adopt(self, workers: list[dict[str, object]]) -> None:
+        """Watch the workers the previous image handed over.  One that exited
+        during the exec is a zombie still: its pidfd is readable at once."""
+        for entry in workers:
+            pid, fd, address = entry["pid"], entry["notify_fd"], entry["notify_address"]
+            assert isinstance(pid, int) and isinstance(fd, int) and isinstance(address, str)
+            notifier = notify.NotifyReceiver("", adopt=(fd, address))
+            self._watch(_Worker(pid, os.pidfd_open(pid), notifier))
 
     def _on_pidfd(self, supervisor: Supervisor, worker: _Worker) -> None:
         status = reap(worker.pid)

@@ -29,6 +29,7 @@ class Event(StrEnum):
     KILL = "kill"
     EXIT = "exit"
     STOP = "stop"
+    UPGRADE = "upgrade"
 
 
 # syslog priorities

@@ -68,7 +68,14 @@ class NotifyReceiver:
     """A generation's private ``NOTIFY_SOCKET``: an abstract datagram socket with
     a random name, accepting messages only from our own user or root."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, adopt: tuple[int, str] | None = None) -> None:
+        """A new socket, or (``adopt``: descriptor and address) one handed over
+        by the superdaemon's previous image."""
+        if adopt is not None:
+            fd, self.address = adopt
+            self.sock = socket.socket(fileno=fd)
+            self.sock.set_inheritable(False)
+            return
         self.address = f"@server-starter/{os.getpid()}/{os.urandom(8).hex()}/{label}"
         self.sock = socket.socket(
             socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK

@@ -12,10 +12,12 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from . import __version__
 from .control import ControlServer, PidFile, control_socket_path, listen_control
 from .environment import encode_ports
 from .host import SystemHost
-from .journal import EventLog, under_systemd
+from .journal import WARNING, Event, EventLog, under_systemd
+from .notify import monotonic_usec
 from .settings import SettingError, Settings, export_perl_variables
 from .sockets import (
     Listener,
@@ -30,7 +32,17 @@ from .sockets import (
     parse_port,
     remove_socket_path,
 )
-from .supervisor import Supervisor
+from .supervisor import Answer, Supervisor
+from .upgrade import (
+    HANDOVER_FORMAT,
+    RESUME_VARIABLE,
+    UpgradeError,
+    check_installed,
+    exec_new_image,
+    read_state,
+    unblock_signals,
+    write_state,
+)
 
 EX_FAILURE = 1
 
@@ -44,11 +56,60 @@ class StartupError(Exception):
 
 
 def serve(args: argparse.Namespace) -> int:
+    resume = os.environ.pop(RESUME_VARIABLE, None)
+    if resume is not None:
+        return _resume(args, read_state(int(resume)))
     if args.daemonize and args.log_file is None:
         raise UsageError("--log-file option must be specified together with --daemonize")
     if not args.command:
         raise UsageError("server program not specified")
     environ = dict(os.environ)
+    settings = _settings(args, environ)
+    _check_command(settings.command, settings.directory, environ.get("PATH"))
+    _check_paths(settings)
+    control_path = control_socket_path(args.control_socket, args.pid_file, environ)
+    systemd_socket = environ.pop("NOTIFY_SOCKET", None) or None
+
+    with contextlib.ExitStack() as resources:
+        listeners, created = _open_listeners(args)
+        if created:
+            resources.callback(close_all, listeners)
+        if args.log_file is not None:
+            _redirect_output(args.log_file)
+        stdin_is_a_listener = any(listener.fd == 0 for listener in listeners)
+        daemon_ready = _daemonize(keep_stdin=stdin_is_a_listener) if args.daemonize else None
+        pid_file = None
+        if args.pid_file:
+            pid_file = PidFile(args.pid_file)
+            pid_file.create()
+            resources.callback(pid_file.remove)
+        control = None
+        if control_path is not None:
+            control = ControlServer(listen_control(control_path))
+            resources.callback(remove_socket_path, control_path)
+            resources.callback(control.close)
+        if settings.status_file is not None:
+            resources.callback(_remove, settings.status_file)
+        serving = Serving(
+            settings,
+            environ,
+            listeners,
+            created,
+            pid_file,
+            control,
+            control_path,
+            systemd_socket,
+            to_journal=args.log_file is None and under_systemd(environ),
+        )
+        resources.callback(serving.host.close)
+        serving.supervisor.start()
+        if daemon_ready is not None:
+            os.write(daemon_ready, b"1")
+            os.close(daemon_ready)
+        return serving.supervisor.loop()
+
+
+def _settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
     try:
         export_perl_variables(
             environ,
@@ -57,7 +118,7 @@ def serve(args: argparse.Namespace) -> int:
             auto_restart_interval=args.auto_restart_interval,
             kill_old_delay=args.kill_old_delay,
         )
-        settings = Settings(
+        return Settings(
             args.command,
             interval=args.interval,
             signal_on_hup=args.signal_on_hup,
@@ -72,40 +133,178 @@ def serve(args: argparse.Namespace) -> int:
         )
     except SettingError as err:
         raise UsageError(str(err)) from None
-    _check_command(settings.command, settings.directory, environ.get("PATH"))
-    _check_paths(settings)
-    control_path = control_socket_path(args.control_socket, args.pid_file, environ)
-    systemd_socket = environ.pop("NOTIFY_SOCKET", None) or None
 
+
+class Serving:
+    """What a running superdaemon holds, and its hand-over to a new image."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        environ: dict[str, str],
+        listeners: list[Listener],
+        created: bool,
+        pid_file: PidFile | None,
+        control: ControlServer | None,
+        control_path: str | None,
+        systemd_socket: str | None,
+        to_journal: bool,
+    ) -> None:
+        self.settings, self.environ = settings, environ
+        self.listeners, self.created = listeners, created
+        self.pid_file, self.control, self.control_path = pid_file, control, control_path
+        self.systemd_socket, self.to_journal = systemd_socket, to_journal
+        self.host = SystemHost([listener.fd for listener in listeners], systemd_socket, control)
+        self.host.catch_signals()
+        self.log = EventLog(to_journal=to_journal)
+        ports = encode_ports((listener.key, listener.fd) for listener in listeners)
+        self.supervisor = Supervisor(
+            settings, ports, listen_fdnames(listeners), environ, self.host, self.log
+        )
+        self.supervisor.upgrader = self.upgrade
+
+    def upgrade(self, answer: Answer | None) -> None:
+        """Check the installed version, then exec it with the whole state.
+        Returns only when the upgrade did not happen (and says why)."""
+        self.log.event(Event.UPGRADE, "received upgrade request, checking the installed version")
+        try:
+            new_version = check_installed()
+        except UpgradeError as err:
+            self._refused(answer, str(err))
+            return
+        self.supervisor.notify_systemd(
+            f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\n"
+            f"STATUS=upgrading start_server {__version__} to {new_version}"
+        )
+        connections = self.control.handover() if self.control else []
+        # handover() lists the live clients in the order of control.connections.
+        live = self.control.connections if self.control else []
+        by_identity = {id(client): index for index, client in enumerate(live)}
+        workers = self.host.handover()
+        state: dict[str, object] = {
+            "format": HANDOVER_FORMAT,
+            "version": __version__,
+            "environ": self.environ,
+            "systemd_socket": self.systemd_socket,
+            "to_journal": self.to_journal,
+            "listeners": [
+                {
+                    "key": listener.key,
+                    "fd": listener.fd,
+                    "name": listener.name,
+                    "created_path": listener.created_path,
+                }
+                for listener in self.listeners
+            ],
+            "created": self.created,
+            "pid_file": None
+            if self.pid_file is None
+            else {"path": self.pid_file.path, "fd": self.pid_file.fileno()},
+            "control": None
+            if self.control is None
+            else {"path": self.control_path, "fd": self.control.sock.fileno()},
+            "connections": connections,
+            "workers": workers,
+            "supervisor": self.supervisor.snapshot(lambda a: by_identity.get(id(a))),
+            "upgrade_answers": [] if answer is None else [by_identity[id(answer)]],
+        }
+        keep = [listener.fd for listener in self.listeners]
+        keep += [int(c["fd"]) for c in connections]  # type: ignore[call-overload]
+        keep += [int(w["notify_fd"]) for w in workers]  # type: ignore[call-overload]
+        if self.pid_file is not None:
+            keep.append(self.pid_file.fileno())
+        if self.control is not None:
+            keep.append(self.control.sock.fileno())
+        state_fd = write_state(state)
+        try:
+            exec_new_image(state_fd, keep)
+        except OSError as err:
+            os.close(state_fd)
+            self._refused(answer, f"exec {err.filename or ''} failed: {err.strerror}")
+
+    def _refused(self, answer: Answer | None, reason: str) -> None:
+        self.log.event(
+            Event.UPGRADE,
+            f"upgrade refused, start_server {__version__} keeps running: {reason}",
+            priority=WARNING,
+        )
+        self.supervisor.notify_systemd(f"READY=1\nSTATUS={self.supervisor.status_text()}")
+        if answer is not None:
+            answer(False, reason)
+
+
+def _resume(args: argparse.Namespace, state: dict[str, object]) -> int:
+    """The new image's start: adopt everything the previous one handed over."""
+    environ = state["environ"]
+    assert isinstance(environ, dict)
+    settings = _settings(args, environ)
+    listeners = [
+        Listener(
+            key=str(entry["key"]),
+            sock=_adopted_socket(entry["fd"], inheritable=True),
+            name=entry["name"],
+            created_path=entry["created_path"],
+        )
+        for entry in state["listeners"]  # type: ignore[attr-defined]
+    ]
+    created = bool(state["created"])
     with contextlib.ExitStack() as resources:
-        listeners, created = _open_listeners(args)
         if created:
             resources.callback(close_all, listeners)
-        if args.log_file is not None:
-            _redirect_output(args.log_file)
-        stdin_is_a_listener = any(listener.fd == 0 for listener in listeners)
-        daemon_ready = _daemonize(keep_stdin=stdin_is_a_listener) if args.daemonize else None
-        if args.pid_file:
-            pid_file = PidFile(args.pid_file)
-            pid_file.create()
+        pid_file = None
+        if state["pid_file"] is not None:
+            entry = state["pid_file"]
+            pid_file = PidFile.adopt(str(entry["path"]), int(entry["fd"]))  # type: ignore[index]
             resources.callback(pid_file.remove)
-        control = None
-        if control_path is not None:
-            control = ControlServer(listen_control(control_path))
+        control = control_path = None
+        if state["control"] is not None:
+            entry = state["control"]
+            control_path = str(entry["path"])  # type: ignore[index]
+            control = ControlServer(_adopted_socket(entry["fd"], inheritable=False))  # type: ignore[index]
+            control.sock.setblocking(False)
             resources.callback(remove_socket_path, control_path)
             resources.callback(control.close)
         if settings.status_file is not None:
             resources.callback(_remove, settings.status_file)
-        host = SystemHost([listener.fd for listener in listeners], systemd_socket, control)
-        resources.callback(host.close)
-        host.catch_signals()
-        log = EventLog(to_journal=args.log_file is None and under_systemd(environ))
-        ports = encode_ports((listener.key, listener.fd) for listener in listeners)
-        supervisor = Supervisor(settings, ports, listen_fdnames(listeners), environ, host, log)
-        if daemon_ready is not None:
-            os.write(daemon_ready, b"1")
-            os.close(daemon_ready)
-        return supervisor.run()
+        serving = Serving(
+            settings,
+            environ,
+            listeners,
+            created,
+            pid_file,
+            control,
+            control_path,
+            state["systemd_socket"],  # type: ignore[arg-type]
+            to_journal=bool(state["to_journal"]),
+        )
+        resources.callback(serving.host.close)
+        answers: list[Answer] = list(
+            control.adopt(state["connections"]) if control else []  # type: ignore[arg-type]
+        )
+        serving.host.adopt(state["workers"])  # type: ignore[arg-type]
+        serving.supervisor.restore(state["supervisor"], answers)  # type: ignore[arg-type]
+        old = str(state["version"])
+        serving.log.event(
+            Event.UPGRADE,
+            f"start_server upgraded in place from {old} to {__version__} (pid {os.getpid()}); "
+            f"{len(serving.supervisor.generations)} generation(s) kept",
+            old_version=old,
+            new_version=__version__,
+        )
+        serving.supervisor.notify_systemd(f"READY=1\nSTATUS={serving.supervisor.status_text()}")
+        for index in state["upgrade_answers"]:  # type: ignore[attr-defined]
+            answers[index](True, f"upgraded in place from {old} to {__version__}")
+        unblock_signals()
+        return serving.supervisor.loop()
+
+
+def _adopted_socket(fd: object, inheritable: bool) -> socket.socket:
+    """A socket handed over; the listeners stay inheritable (the workers get
+    them), the rest close-on-exec again, as they were."""
+    assert isinstance(fd, int)
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(inheritable)
+    return sock
 
 
 def _remove(path: str) -> None:

@@ -210,19 +210,24 @@ class Supervisor:
         self.reloads: list[Reload] = []  # started or waiting for the STARTING one to settle
         self.next_reload: Reload | None = None  # asked for while a generation was starting
         self.finished = False
+        # In-place upgrade (upgrade.py), given by whoever owns the resources.
+        self.upgrader: Callable[[Answer | None], None] | None = None
 
     # -- the loop ---------------------------------------------------------
 
     def run(self) -> int:
         self.start()
-        while not self.finished:
-            self.host.wait(self, self.next_deadline())
-            self.on_time()
-        return 0
+        return self.loop()
 
     def start(self) -> None:
         self.log.event(Event.START, f"start_server (pid:{os.getpid()}) starting now...")
         self._start_generation(Reload(), is_reload=False)
+
+    def loop(self) -> int:
+        while not self.finished:
+            self.host.wait(self, self.next_deadline())
+            self.on_time()
+        return 0
 
     def _timers(self) -> Iterator[tuple[float, Callable[[], None]]]:
         """Every deadline and what happens when it passes: each written once."""
@@ -254,6 +259,8 @@ class Supervisor:
     def on_signal(self, number: int) -> None:
         if number == signal.SIGHUP:
             self.request_reload(None, "received HUP, spawning a new worker")
+        elif number == signal.SIGUSR2:
+            self.upgrade(None)
         elif number in STOP_SIGNALS:
             self.stop(signal.Signals(number))
 
@@ -261,6 +268,8 @@ class Supervisor:
         """A control socket request (see control.ControlServer)."""
         if command == "reload":
             self.request_reload(answer, "received reload request, spawning a new worker")
+        elif command == "upgrade":
+            self.upgrade(answer)
         else:
             answer(False, f"unknown request {command!r}")
 
@@ -308,7 +317,7 @@ class Supervisor:
                 self._schedule_retry(f"worker {gen.pid} died unexpectedly", after_death=True)
         else:
             self.log.event(Event.EXIT, f"old worker {gen.pid} died, {raw}", **fields)
-            self._notify_systemd(f"STATUS={self._status_text()}")
+            self.notify_systemd(f"STATUS={self.status_text()}")
         self._settle_reloads()
 
     # -- requests -----------------------------------------------------------
@@ -338,6 +347,20 @@ class Supervisor:
         if answer is not None:
             self.next_reload.answers.append(answer)
 
+    def upgrade(self, answer: Answer | None) -> None:
+        """Become the installed version in place (upgrade.py); workers untouched."""
+        refusal = None
+        if self.stopping:
+            refusal = "start_server is stopping"
+        elif self.upgrader is None:
+            refusal = "this start_server cannot upgrade itself in place"
+        if refusal is not None:
+            if answer is not None:
+                answer(False, refusal)
+            return
+        assert self.upgrader is not None
+        self.upgrader(answer)
+
     def stop(self, received: signal.Signals) -> None:
         alive = list(self.generations)
         if self.stopping:
@@ -348,7 +371,7 @@ class Supervisor:
             return
         self.stopping = True
         self.retry_at = None
-        self._notify_systemd("STOPPING=1\nSTATUS=stopping: draining every generation")
+        self.notify_systemd("STOPPING=1\nSTATUS=stopping: draining every generation")
         to_send = self.settings.signal_on_term if received == signal.SIGTERM else signal.SIGTERM
         self.log.event(
             Event.STOP,
@@ -392,7 +415,7 @@ class Supervisor:
             self._write_status()
             # systemd hears of the new generation before anyone is answered, so
             # `systemctl reload` never returns ahead of the unit's status.
-            self._notify_systemd(f"READY=1\nSTATUS={self._status_text()}")
+            self.notify_systemd(f"READY=1\nSTATUS={self.status_text()}")
         elif state is State.RETIRING:
             delay = self._tunables().kill_old_delay
             gen.deadline = now + delay
@@ -409,7 +432,7 @@ class Supervisor:
             )
             self.host.signal(gen.pid, sent)
             if not self.stopping:
-                self._notify_systemd(f"STATUS={self._status_text()}")
+                self.notify_systemd(f"STATUS={self.status_text()}")
         elif state is State.KILLED:
             if gen.ready_at is not None:  # else: never ready in time, and its exit says so
                 self.log.event(
@@ -445,7 +468,7 @@ class Supervisor:
         number = self.generation_count
         self.reloads.append(reload)
         if is_reload:
-            self._notify_systemd(
+            self.notify_systemd(
                 f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\n"
                 f"STATUS=reloading: starting generation {number}"
             )
@@ -477,7 +500,7 @@ class Supervisor:
         self.generations.append(gen)
         self._enter(gen, State.STARTING)
         if not is_reload:
-            self._notify_systemd(f"STATUS=starting generation {number}")
+            self.notify_systemd(f"STATUS=starting generation {number}")
 
     def _became_ready(self, gen: Generation, how: str) -> None:
         previous = self._serving()
@@ -519,9 +542,9 @@ class Supervisor:
             if reload.generation is gen:
                 reload.failure = reason
         if gen.is_reload:
-            self._notify_systemd(
+            self.notify_systemd(
                 f"READY=1\nSTATUS=reload failed: generation {gen.number} {reason}; "
-                f"{self._status_text()}"
+                f"{self.status_text()}"
             )
         self._settle_reloads()
         if self.next_reload is not None:
@@ -608,7 +631,7 @@ class Supervisor:
             f"backoff doubles up to {self.settings.backoff_max:g}s)",
             priority=WARNING,
         )
-        self._notify_systemd(f"STATUS={self._status_text()}; {why}, retrying in {delay:g}s")
+        self.notify_systemd(f"STATUS={self.status_text()}; {why}, retrying in {delay:g}s")
 
     def _retry(self) -> None:
         self.retry_at = None
@@ -668,7 +691,7 @@ class Supervisor:
     def _pid_list(gens: Sequence[Generation]) -> str:
         return ",".join(str(pid) for pid in sorted(g.pid for g in gens))
 
-    def _status_text(self) -> str:
+    def status_text(self) -> str:
         serving, starting, old = self._serving(), self._pending(), self._old()
         parts = [
             f"generation {serving.number} (pid {serving.pid}) serving"
@@ -691,14 +714,31 @@ class Supervisor:
         except OSError as err:
             self.log.line(f"failed to write status file {path}: {err.strerror}", priority=ERR)
 
-    def _notify_systemd(self, message: str) -> None:
+    def notify_systemd(self, message: str) -> None:
         try:
             self.host.notify_systemd(message)
         except OSError as err:
             self.log.line(f"cannot notify systemd {err}", priority=WARNING)
 
-    def snapshot(self) -> dict[str, object]:
-        """The persistent state as plain data (JSON-serialisable)."""
+    # -- the state, as plain data -----------------------------------------------
+
+    def snapshot(
+        self, answer_id: Callable[[Answer], int | None] = lambda _: None
+    ) -> dict[str, object]:
+        """The state as plain data (JSON-serialisable): the generations,
+        counters and backoff, and the reloads in flight with their waiting
+        clients, named by ``answer_id`` (None: a client that cannot be
+        handed over, left out)."""
+
+        def reload_data(reload: Reload) -> dict[str, object]:
+            ids = [answer_id(answer) for answer in reload.answers]
+            return {
+                "generation": reload.generation.number if reload.generation else None,
+                "replaced": reload.replaced.number if reload.replaced else None,
+                "failure": reload.failure,
+                "answers": [i for i in ids if i is not None],
+            }
+
         return {
             "generations": [g.to_dict() for g in self.generations],
             "generation_count": self.generation_count,
@@ -706,13 +746,40 @@ class Supervisor:
             "retry_at": self.retry_at,
             "last_restart": self.last_restart,
             "stopping": self.stopping,
+            "reloads": [reload_data(r) for r in self.reloads],
+            "next_reload": reload_data(self.next_reload) if self.next_reload else None,
         }
 
-    def restore(self, data: dict[str, object]) -> None:
-        """Take over the state ``snapshot()`` wrote."""
+    def restore(self, data: dict[str, object], answers: Sequence[Answer] = ()) -> None:
+        """Take over the state ``snapshot()`` wrote; ``answers[i]`` is client i."""
         self.generations = [Generation.from_dict(g) for g in data["generations"]]  # type: ignore[attr-defined]
         self.generation_count = int(data["generation_count"])  # type: ignore[call-overload]
         self.failures = int(data["failures"])  # type: ignore[call-overload]
         self.retry_at = data["retry_at"]  # type: ignore[assignment]
         self.last_restart = data["last_restart"]  # type: ignore[assignment]
         self.stopping = bool(data["stopping"])
+        by_number = {g.number: g for g in self.generations}
+
+        def numbered(number: object, was_ready: bool) -> Generation | None:
+            if number is None:
+                return None
+            assert isinstance(number, int)
+            # One gone by now (a failed start, an old one exited) is rebuilt as reaped.
+            gone = Generation(number, -1, 0.0, True, State.REAPED)
+            gone.ready_at = 0.0 if was_ready else None
+            return by_number.get(number, gone)
+
+        def reload_from(entry: dict[str, object]) -> Reload:
+            reload = Reload()
+            reload.generation = numbered(entry["generation"], was_ready=False)
+            reload.replaced = numbered(entry["replaced"], was_ready=True)
+            failure = entry["failure"]
+            reload.failure = failure if isinstance(failure, str) else None
+            ids = entry["answers"]
+            assert isinstance(ids, list)
+            reload.answers = [answers[i] for i in ids]
+            return reload
+
+        self.reloads = [reload_from(r) for r in data["reloads"]]  # type: ignore[attr-defined]
+        following = data["next_reload"]
+        self.next_reload = reload_from(following) if following else None  # type: ignore[arg-type]

@@ -1,0 +1,195 @@
+"""Upgrading the superdaemon in place: the running process becomes the
+installed version by ``exec``, keeping its pid (systemd's MainPID), its
+listening sockets, its control socket and every worker.
+
+The hand-over, in the old image:
+
+1. check the installed program: ``python3 -m server_starter.upgrade --check
+   FORMAT`` imports every module of the new version and says whether it
+   reads this hand-over format; if not, nothing changes;
+2. write the whole state (settings' argv, environment, listeners, control
+   socket and the connections waiting on it, pid file, each generation with
+   its pid, state and deadlines, its notify socket, counters, backoff) as
+   JSON into a memfd;
+3. block the signals the loop handles (they stay pending across ``exec``),
+   clear close-on-exec on every descriptor handed over, and ``exec``.
+
+The new image sees ``SERVER_STARTER_RESUME_FD``, reads the state, adopts
+every descriptor, reopens a pidfd for each worker (one that exited meanwhile
+is a zombie: its pidfd is readable at once and it is reaped with its real
+status), unblocks the signals and carries on.  Workers are never signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+# The hand-over's layout; a new version that cannot read the running one's
+# refuses the upgrade at the check.
+HANDOVER_FORMAT = 1
+READS_FORMATS = (1,)
+RESUME_VARIABLE = "SERVER_STARTER_RESUME_FD"
+CHECK_TIMEOUT = 20.0
+
+# Blocked across exec so none is lost or acts by default (TERM would kill).
+HANDLED_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGUSR2,
+)
+
+
+class UpgradeError(Exception):
+    """Why an upgrade did not happen (the running version keeps serving)."""
+
+
+def check_installed() -> str:
+    """Run the installed version's check; return its version string."""
+    import subprocess  # only here: it costs the resident superdaemon ~2 MB
+
+    command = [sys.executable, "-m", "server_starter.upgrade", "--check", str(HANDOVER_FORMAT)]
+    try:
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=CHECK_TIMEOUT,
+            check=False,
+            cwd="/",
+            env={k: v for k, v in os.environ.items() if k != RESUME_VARIABLE},
+        )
+    except subprocess.TimeoutExpired:
+        raise UpgradeError(f"the new version's check took over {CHECK_TIMEOUT:g}s") from None
+    except OSError as err:
+        raise UpgradeError(f"cannot run {sys.executable}: {err.strerror}") from None
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise UpgradeError(
+            f"the new version fails its check: {lines[-1] if lines else 'no output'}"
+        )
+    return result.stdout.strip()
+
+
+def write_state(state: dict[str, object]) -> int:
+    """The state in an anonymous file, at offset 0, inheritable."""
+    fd = os.memfd_create("server-starter-handover", 0)
+    data = json.dumps(state).encode()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def read_state(fd: int) -> dict[str, object]:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    state: dict[str, object] = json.loads(b"".join(chunks))
+    if state.get("format") not in READS_FORMATS:
+        raise UpgradeError(
+            f"hand-over format {state.get('format')!r} is not one this version reads"
+        )
+    return state
+
+
+def exec_new_image(state_fd: int, keep: Sequence[int]) -> None:
+    """Become the installed program.  Returns only if ``exec`` failed (and then
+    undoes what it changed; the caller logs the OSError it raises)."""
+    for fd in (state_fd, *keep):
+        os.set_inheritable(fd, True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    env = {**os.environ, RESUME_VARIABLE: str(state_fd)}
+    try:
+        os.execve(sys.executable, sys.orig_argv, env)
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        raise
+
+
+def unblock_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+
+
+ENTRY_POINTS = ("/usr/bin/server-starter", "/usr/bin/start_server")
+
+
+def _running_superdaemons() -> list[tuple[int, list[str], dict[str, str]]]:
+    """Every process running the packaged superdaemon: pid, argv, environment."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                pairs = [p.decode(errors="replace") for p in f.read().split(b"\0") if b"=" in p]
+        except OSError:
+            continue  # gone, or not ours to read
+        if len(argv) < 2 or "python3" not in os.path.basename(argv[0]):
+            continue
+        if argv[1] not in ENTRY_POINTS:
+            continue
+        if any(a in ("--restart", "--upgrade", "--stop", "--version") for a in argv[2:]):
+            continue  # a client, not a superdaemon
+        found.append((int(entry), argv[2:], dict(p.split("=", 1) for p in pairs)))
+    return found
+
+
+def _upgrade_all() -> int:
+    """Ask every running packaged superdaemon to become the installed version
+    (the package's postinst runs this).  Each is asked on its control socket
+    when it has one, and waited for; else with SIGUSR2.  Exit 1 if any failed."""
+    from .cli import parse_args
+    from .control import ControlError, control_socket_path, request
+    from .serve import UsageError
+
+    failed = 0
+    for pid, argv, environ in _running_superdaemons():
+        try:
+            args = parse_args(argv)
+            path = control_socket_path(args.control_socket, args.pid_file, environ)
+        except UsageError:
+            path = None  # a command line this version reads otherwise: signal it instead
+        if path and os.path.exists(path):
+            try:
+                message = request(path, "upgrade", CHECK_TIMEOUT + 10)
+            except ControlError as err:
+                print(f"start_server (pid {pid}) was not upgraded: {err}", file=sys.stderr)
+                failed += 1
+                continue
+            print(f"start_server (pid {pid}): {message}")
+        else:
+            os.kill(pid, signal.SIGUSR2)
+            print(f"start_server (pid {pid}): asked to upgrade in place (SIGUSR2; see its log)")
+    return 1 if failed else 0
+
+
+def _check(argv: Sequence[str]) -> int:
+    """The new version's side of the check: import everything the superdaemon
+    runs, and say whether the hand-over format is one it reads."""
+    if len(argv) != 2 or argv[0] != "--check" or not argv[1].isdigit():
+        print("usage: python3 -m server_starter.upgrade --check FORMAT | --all", file=sys.stderr)
+        return 2
+    from . import cli, control, host, journal, notify, serve, settings, sockets, spawn, supervisor
+
+    del cli, control, host, journal, notify, serve, settings, sockets, spawn, supervisor
+    if int(argv[1]) not in READS_FORMATS:
+        print(f"version {__version__} cannot read hand-over format {argv[1]}", file=sys.stderr)
+        return 1
+    print(__version__)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_upgrade_all() if sys.argv[1:] == ["--all"] else _check(sys.argv[1:]))

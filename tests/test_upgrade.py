@@ -1,0 +1,197 @@
+"""The superdaemon upgrading itself in place (``start_server --upgrade``):
+same pid, same sockets, workers never signalled, under load, at every point
+of a generation's life; and a broken new version changes nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from support import (
+    EXAMPLE_APP,
+    ROOT,
+    START_SERVER,
+    free_port,
+    generation_of,
+    http_get,
+    process_figures,
+    report,
+    run_ab,
+    run_start_server,
+    running,
+    worker_env,
+)
+
+
+def upgrade(pid_file: Path) -> subprocess.CompletedProcess[str]:
+    return run_start_server("--upgrade", f"--pid-file={pid_file}", timeout=60)
+
+
+def serving_worker(port: int) -> tuple[int, int]:
+    """(generation, worker pid) of the process that answers."""
+    _, headers, _ = http_get(port)
+    return int(headers["x-server-starter-generation"]), int(headers["x-worker-pid"])
+
+
+@pytest.mark.load
+def test_twenty_upgrades_under_load_lose_nothing(tmp_path: Path, capsys: object) -> None:
+    port, pid_file = free_port(), tmp_path / "pid"
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--pid-file={pid_file}",
+        "--require-notify",
+        "--",
+        *EXAMPLE_APP,
+    ]
+    upgrades = 20
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"is ready")
+        worker = serving_worker(port)
+        results: list[subprocess.CompletedProcess[str]] = []
+        rss: list[float] = []
+
+        def upgrade_repeatedly() -> None:
+            for _ in range(upgrades):
+                results.append(upgrade(pid_file))
+                rss.append(process_figures(daemon.pid)["rss_kib"])
+
+        thread = threading.Thread(target=upgrade_repeatedly)
+        thread.start()
+        load = run_ab(f"http://127.0.0.1:{port}/slow", 20_000, 200, tmp_path)
+        thread.join(120)
+        while thread.is_alive() or len(results) < upgrades:
+            thread.join(120)  # the load ended first: let the upgrades finish
+        assert [r.returncode for r in results] == [0] * upgrades, [r.stderr for r in results]
+        assert all("upgraded in place from" in r.stderr for r in results)
+        assert serving_worker(port) == worker, "a worker was replaced"
+        assert len(daemon.matches(r"^start_server upgraded in place")) == upgrades
+        assert not daemon.matches(r"sending \w+ to worker")
+    assert load["failed"] == 0 and load["resets"] == 0, load["failures_by_kind"]
+    assert max(rss) - min(rss) < 1024, rss  # each upgrade is a fresh image: no growth
+    report(
+        capsys,
+        f"{upgrades} upgrades in place under ab -r -n 20000 -c 200 /slow: "
+        f"{load['requests']} requests, {load['failed']} failed, {load['resets']} resets; "
+        f"the worker untouched; superdaemon RSS {min(rss):.0f}-{max(rss):.0f} KiB",
+    )
+
+
+def test_upgrade_while_a_reload_is_starting_answers_the_reload(tmp_path: Path) -> None:
+    """A generation still starting (and the client waiting for its reload)
+    is carried over: its READY=1 reaches the new image, which answers."""
+    port, pid_file, envdir = free_port(), tmp_path / "pid", tmp_path / "env"
+    envdir.mkdir()
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--pid-file={pid_file}",
+        f"--envdir={envdir}",
+        "--require-notify",
+        "--",
+        *EXAMPLE_APP,
+    ]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready")
+        (envdir / "EXAMPLE_APP_BOOT_SECONDS").write_text("3\n")
+        restart = subprocess.Popen(
+            [START_SERVER, "--restart", f"--pid-file={pid_file}"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_env(),
+        )
+        daemon.wait_for(r"^starting new worker \d+$", count=2)
+        result = upgrade(pid_file)
+        assert result.returncode == 0, result.stderr
+        _, restart_err = restart.communicate(timeout=60)
+        assert restart.returncode == 0, restart_err
+        assert "generation 2 is serving" in restart_err
+        daemon.wait_for(r"\(generation 2\) is ready \(READY=1\)")
+        daemon.wait_for(r"^old worker \d+ died")
+        assert generation_of(port) == 2
+        assert daemon.proc.poll() is None
+
+
+def test_upgrade_while_old_generations_retire_and_drain(tmp_path: Path) -> None:
+    """Deadlines survive the exec: the retiring generation is signalled after
+    its --kill-old-delay by the new image, and its exit is reaped there."""
+    port, pid_file = free_port(), tmp_path / "pid"
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--pid-file={pid_file}",
+        "--kill-old-delay=2",
+        "--require-notify",
+        "--",
+        *EXAMPLE_APP,
+    ]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for(r"^sleeping 2 secs before killing old workers$")
+        result = upgrade(pid_file)
+        assert result.returncode == 0, result.stderr
+        daemon.wait_for(r"^start_server upgraded in place")
+        daemon.wait_for(r"^killing old workers$")
+        daemon.wait_for(r"^old worker \d+ died, status:0")
+        assert generation_of(port) == 2
+        assert daemon.proc.poll() is None
+
+
+def test_a_worker_exiting_during_the_exec_is_reaped_with_its_status(tmp_path: Path) -> None:
+    """SIGKILL the worker right before the upgrade: whichever image sees its
+    exit logs the real status, and a new generation replaces it."""
+    port, pid_file = free_port(), tmp_path / "pid"
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}", "--", *EXAMPLE_APP]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready")
+        _, worker = serving_worker(port)
+        os.kill(worker, signal.SIGKILL)
+        result = upgrade(pid_file)
+        assert result.returncode == 0, result.stderr
+        daemon.wait_for(rf"worker {worker} died unexpectedly with status:9 \(killed by SIGKILL\)")
+        daemon.wait_for(r"\(generation 2\) is ready", timeout=20)
+
+
+def test_a_broken_new_version_changes_nothing(tmp_path: Path) -> None:
+    """The installed version (a copy on PYTHONPATH here) fails to import: the
+    running one keeps serving, says why, and --upgrade exits 1 with the reason."""
+    installed = tmp_path / "site"
+    shutil.copytree(ROOT / "src" / "server_starter", installed / "server_starter")
+    env = worker_env(PYTHONPATH=str(installed))
+    port, pid_file = free_port(), tmp_path / "pid"
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}", "--", *EXAMPLE_APP]
+    with running(argv, env=env) as daemon:
+        daemon.wait_for(r"is ready")
+        worker = serving_worker(port)
+        with (installed / "server_starter" / "host.py").open("a") as broken:
+            broken.write("\nraise ImportError('a broken build of host.py')\n")
+        result = upgrade(pid_file)  # the client runs the good copy
+        assert result.returncode == 1
+        assert result.stderr == (
+            "start_server: the new version fails its check: "
+            "ImportError: a broken build of host.py\n"
+        )
+        daemon.wait_for(r"^upgrade refused, start_server \S+ keeps running: the new version fails")
+        assert serving_worker(port) == worker
+        assert run_start_server("--restart", f"--pid-file={pid_file}").returncode == 0
+        assert generation_of(port) == 2
+
+
+def test_sigusr2_upgrades_too(tmp_path: Path) -> None:
+    port = free_port()
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"is ready")
+        worker = serving_worker(port)
+        daemon.signal(signal.SIGUSR2)
+        daemon.wait_for(r"^start_server upgraded in place from \S+ to \S+ \(pid \d+\)")
+        assert serving_worker(port) == worker
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
