@@ -423,6 +423,79 @@ def test_megabytes_of_worker_output_reach_the_journal_and_block_nothing(
     )
 
 
+def test_apt_upgrade_of_server_starter_upgrades_the_superdaemon_in_place(
+    machine: Machine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """apt installs a newer server-starter under load: its postinst makes the
+    running superdaemon exec the new version with its state.  Same MainPID,
+    same worker, no request failed; a reload right after runs on the new code."""
+    main_pid = machine.show("app", "MainPID")
+    _, headers, _ = http_get(PORT, timeout=60)
+    worker = (headers["x-server-starter-generation"], headers["x-worker-pid"])
+    with Ab(concurrency=200) as ab:
+        ab.wait_for_traffic()
+        installed = machine.run(
+            "env",
+            "DEBIAN_FRONTEND=noninteractive",
+            "apt-get",
+            "install",
+            "-y",
+            f"/debs/server-starter_{UPGRADE}_all.deb",
+            timeout=300,
+        )
+        ab.keep_going(1.0)
+    assert f"upgraded in place from {VERSION} to {UPGRADE}" in installed.stdout, installed.stdout
+    assert machine.show("app", "MainPID") == main_pid, "the upgrade restarted the service"
+    _, headers, _ = http_get(PORT)
+    assert (headers["x-server-starter-generation"], headers["x-worker-pid"]) == worker
+    assert ab.complete > 1000, ab.output
+    assert (ab.failed, ab.non_2xx, ab.refused) == (0, 0, 0), ab.output
+    (event,) = journal(machine, "SERVER_STARTER_EVENT=upgrade", f"_PID={main_pid}", "-n", "1")
+    assert (event["SERVER_STARTER_OLD_VERSION"], event["SERVER_STARTER_NEW_VERSION"]) == (
+        VERSION,
+        UPGRADE,
+    )
+    machine.run("systemctl", "reload", "app")
+    status_text = machine.show("app", "StatusText")
+    assert status_text.startswith(f"generation {int(worker[0]) + 1} (pid "), status_text
+    (reload,) = journal(machine, "SERVER_STARTER_EVENT=ready", "-n", "1")
+    assert int(reload["__REALTIME_TIMESTAMP"]) > int(event["__REALTIME_TIMESTAMP"])
+    old_generations_gone(machine)
+    report(
+        capsys,
+        f"apt install of server-starter {UPGRADE} under ab -c 200: {ab.complete} requests, "
+        f"{ab.failed} failed, 0 refused; MainPID {main_pid} and worker {worker[1]} unchanged",
+    )
+
+
+def test_a_broken_installed_version_is_refused_and_the_old_one_serves(machine: Machine) -> None:
+    """The installed code fails to import: asked to upgrade (SIGUSR2 to the
+    main process: the command itself would not import either), the running
+    superdaemon keeps serving and the journal says why."""
+    module = "/usr/lib/python3/dist-packages/server_starter/host.py"
+    main_pid = machine.show("app", "MainPID")
+    machine.run("cp", module, "/root/host.py.good")
+    machine.run("sh", "-c", f"echo \"raise ImportError('a broken build')\" >> {module}")
+    try:
+        machine.run("systemctl", "kill", "--kill-whom=main", "--signal=USR2", "app")
+        # journald files an entry a moment after it is sent: wait for it, bounded.
+        deadline = time.monotonic() + 20
+        while not [
+            e
+            for e in journal(machine, "SERVER_STARTER_EVENT=upgrade")
+            if "upgrade refused" in e["MESSAGE"] and "ImportError: a broken build" in e["MESSAGE"]
+        ]:
+            assert time.monotonic() < deadline, machine.run(
+                "journalctl", "-u", "app", "-n", "15", "--no-pager"
+            ).stdout
+            time.sleep(0.1)
+    finally:
+        machine.run("cp", "/root/host.py.good", module)
+    assert machine.show("app", "MainPID") == main_pid
+    assert machine.show("app", "ActiveState") == "active"
+    assert http_get(PORT)[0] == 200
+
+
 def test_upgrade_under_load_reloads_instead_of_restarting(
     machine: Machine, capsys: pytest.CaptureFixture[str]
 ) -> None:
