@@ -392,6 +392,8 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
         machine.run("systemctl", "daemon-reload")
         for name, unit, port, action, note in (
             ("ours: systemctl reload app", "app", 8080, "reload", "example app"),
+            ("ours: in-place upgrade of the superdaemon", "app", 8080, "upgrade", "example app"),
+            ("ours: systemctl restart app", "app", 8080, "restart", "example app"),
             ("no superdaemon: systemctl restart", "plain", 8081, "restart", "example app"),
             ("gunicorn 20.1: ExecReload=kill -HUP", "gunicorn", 8082, "reload", "WSGI app"),
             ("ours running gunicorn 20.1: systemctl reload", "gapp", 8083, "reload", "WSGI app"),
@@ -417,7 +419,16 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
             log(f"systemd: {name}")
 
             def reload(unit: str = unit, action: str = action) -> None:
-                machine.run("systemctl", action, unit, check=False, timeout=120)
+                if action == "upgrade":  # what apt install of a new server-starter does
+                    machine.run(
+                        "server-starter",
+                        "--upgrade",
+                        f"--control-socket=/run/{unit}/start_server.sock",
+                        check=False,
+                        timeout=120,
+                    )
+                else:
+                    machine.run("systemctl", action, unit, check=False, timeout=120)
 
             path = "/pause" if note == "ASGI app" else "/slow"
             result = load_while_reloading(port, reload, profile, workdir, path)
