@@ -418,21 +418,27 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
             machine.run("systemctl", "start", f"{unit}.service")  # no reload merged into a start
             log(f"systemd: {name}")
 
+            refused: list[str] = []
+
             def reload(unit: str = unit, action: str = action) -> None:
                 if action == "upgrade":  # what apt install of a new server-starter does
-                    machine.run(
+                    done = machine.run(
                         "server-starter",
                         "--upgrade",
                         f"--control-socket=/run/{unit}/start_server.sock",
                         check=False,
                         timeout=120,
                     )
+                    if done.returncode != 0:
+                        refused.append(done.stderr.strip())
                 else:
                     machine.run("systemctl", action, unit, check=False, timeout=120)
 
             path = "/pause" if note == "ASGI app" else "/slow"
             result = load_while_reloading(port, reload, profile, workdir, path)
             result["reloads"] = result["reload_requests"]
+            if refused:
+                raise SystemExit(f"bench: an in-place upgrade failed: {refused[0]}")
             result["app"] = note
             result["unit_state_after"] = machine.run(
                 "systemctl", "is-active", unit, check=False
