@@ -420,7 +420,9 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
             refused: list[str] = []
 
-            def reload(unit: str = unit, action: str = action, refused: list[str] = refused) -> None:
+            def reload(
+                unit: str = unit, action: str = action, refused: list[str] = refused
+            ) -> None:
                 if action == "upgrade":  # what apt install of a new server-starter does
                     done = machine.run(
                         "server-starter",
