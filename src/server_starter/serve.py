@@ -86,11 +86,8 @@ def serve(args: argparse.Namespace) -> int:
         control = None
         if control_path is not None:
             control = ControlServer(listen_control(control_path))
-            resources.callback(remove_socket_path, control_path)
-            resources.callback(control.close)
-        if settings.status_file is not None:
-            resources.callback(_remove, settings.status_file)
         serving = Serving(
+            resources,
             settings,
             environ,
             listeners,
@@ -101,7 +98,6 @@ def serve(args: argparse.Namespace) -> int:
             systemd_socket,
             to_journal=args.log_file is None and under_systemd(environ),
         )
-        resources.callback(serving.host.close)
         serving.supervisor.start()
         if daemon_ready is not None:
             os.write(daemon_ready, b"1")
@@ -136,10 +132,15 @@ def _settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
 
 
 class Serving:
-    """What a running superdaemon holds, and its hand-over to a new image."""
+    """What a running superdaemon holds, and its hand-over to a new image.
+    It releases the control socket, the status file and the workers left
+    (after an internal error) through ``resources``; the listeners and the
+    pid file are released there by whoever opened them, as soon as they are
+    open."""
 
     def __init__(
         self,
+        resources: contextlib.ExitStack,
         settings: Settings,
         environ: dict[str, str],
         listeners: list[Listener],
@@ -154,7 +155,13 @@ class Serving:
         self.listeners, self.created = listeners, created
         self.pid_file, self.control, self.control_path = pid_file, control, control_path
         self.systemd_socket, self.to_journal = systemd_socket, to_journal
+        if control is not None and control_path is not None:
+            resources.callback(remove_socket_path, control_path)
+            resources.callback(control.close)
+        if settings.status_file is not None:
+            resources.callback(_remove, settings.status_file)
         self.host = SystemHost([listener.fd for listener in listeners], systemd_socket, control)
+        resources.callback(self.host.close)
         self.host.catch_signals()
         self.log = EventLog(to_journal=to_journal)
         ports = encode_ports((listener.key, listener.fd) for listener in listeners)
@@ -262,11 +269,8 @@ def _resume(args: argparse.Namespace, state: dict[str, object]) -> int:
             control_path = str(entry["path"])  # type: ignore[index]
             control = ControlServer(_adopted_socket(entry["fd"], inheritable=False))  # type: ignore[index]
             control.sock.setblocking(False)
-            resources.callback(remove_socket_path, control_path)
-            resources.callback(control.close)
-        if settings.status_file is not None:
-            resources.callback(_remove, settings.status_file)
         serving = Serving(
+            resources,
             settings,
             environ,
             listeners,
@@ -277,7 +281,6 @@ def _resume(args: argparse.Namespace, state: dict[str, object]) -> int:
             state["systemd_socket"],  # type: ignore[arg-type]
             to_journal=bool(state["to_journal"]),
         )
-        resources.callback(serving.host.close)
         answers: list[Answer] = list(
             control.adopt(state["connections"]) if control else []  # type: ignore[arg-type]
         )
