@@ -16,8 +16,12 @@ GENERATION_VARIABLE = "SERVER_STARTER_GENERATION"
 # Variables Perl's start_server exports to workers when they are set.
 PERL_EXPORTED = ("ENVDIR", "ENABLE_AUTO_RESTART", "AUTO_RESTART_INTERVAL", "KILL_OLD_DELAY")
 
+# The descriptor of the state an in-place upgrade hands to the new image.
+RESUME_VARIABLE = "SERVER_STARTER_RESUME_FD"
+
 # Addressed to the superdaemon itself; a worker must never see ours.
 SUPERDAEMON_ONLY = (
+    RESUME_VARIABLE,
     "LISTEN_PID",
     "LISTEN_FDS",
     "LISTEN_FDNAMES",

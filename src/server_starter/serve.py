@@ -12,12 +12,10 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from . import __version__
 from .control import ControlServer, PidFile, control_socket_path, listen_control
-from .environment import encode_ports
+from .environment import RESUME_VARIABLE, encode_ports
 from .host import SystemHost
-from .journal import WARNING, Event, EventLog, under_systemd
-from .notify import monotonic_usec
+from .journal import EventLog, under_systemd
 from .settings import SettingError, Settings, export_perl_variables
 from .sockets import (
     Listener,
@@ -33,16 +31,6 @@ from .sockets import (
     remove_socket_path,
 )
 from .supervisor import Answer, Supervisor
-from .upgrade import (
-    HANDOVER_FORMAT,
-    RESUME_VARIABLE,
-    UpgradeError,
-    check_installed,
-    exec_new_image,
-    read_state,
-    unblock_signals,
-    write_state,
-)
 
 EX_FAILURE = 1
 
@@ -58,13 +46,15 @@ class StartupError(Exception):
 def serve(args: argparse.Namespace) -> int:
     resume = os.environ.pop(RESUME_VARIABLE, None)
     if resume is not None:
-        return _resume(args, read_state(int(resume)))
+        from .upgrade import resume as resume_from
+
+        return resume_from(args, int(resume))
     if args.daemonize and args.log_file is None:
         raise UsageError("--log-file option must be specified together with --daemonize")
     if not args.command:
         raise UsageError("server program not specified")
     environ = dict(os.environ)
-    settings = _settings(args, environ)
+    settings = settings_from(args, environ)
     _check_command(settings.command, settings.directory, environ.get("PATH"))
     _check_paths(settings)
     control_path = control_socket_path(args.control_socket, args.pid_file, environ)
@@ -105,7 +95,7 @@ def serve(args: argparse.Namespace) -> int:
         return serving.supervisor.loop()
 
 
-def _settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
+def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
     try:
         export_perl_variables(
             environ,
@@ -171,143 +161,11 @@ class Serving:
         self.supervisor.upgrader = self.upgrade
 
     def upgrade(self, answer: Answer | None) -> None:
-        """Check the installed version, then exec it with the whole state.
-        Returns only when the upgrade did not happen (and says why)."""
-        self.log.event(Event.UPGRADE, "received upgrade request, checking the installed version")
-        try:
-            new_version = check_installed()
-        except UpgradeError as err:
-            self._refused(answer, str(err))
-            return
-        self.supervisor.notify_systemd(
-            f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\n"
-            f"STATUS=upgrading start_server {__version__} to {new_version}"
-        )
-        connections = self.control.handover() if self.control else []
-        # handover() lists the live clients in the order of control.connections.
-        live = self.control.connections if self.control else []
-        by_identity = {id(client): index for index, client in enumerate(live)}
-        workers = self.host.handover()
-        state: dict[str, object] = {
-            "format": HANDOVER_FORMAT,
-            "version": __version__,
-            "environ": self.environ,
-            "systemd_socket": self.systemd_socket,
-            "to_journal": self.to_journal,
-            "listeners": [
-                {
-                    "key": listener.key,
-                    "fd": listener.fd,
-                    "name": listener.name,
-                    "created_path": listener.created_path,
-                }
-                for listener in self.listeners
-            ],
-            "created": self.created,
-            "pid_file": None
-            if self.pid_file is None
-            else {"path": self.pid_file.path, "fd": self.pid_file.fileno()},
-            "control": None
-            if self.control is None
-            else {"path": self.control_path, "fd": self.control.sock.fileno()},
-            "connections": connections,
-            "workers": workers,
-            "supervisor": self.supervisor.snapshot(lambda a: by_identity.get(id(a))),
-            "upgrade_answers": [] if answer is None else [by_identity[id(answer)]],
-        }
-        keep = [listener.fd for listener in self.listeners]
-        keep += [int(c["fd"]) for c in connections]  # type: ignore[call-overload]
-        keep += [int(w["notify_fd"]) for w in workers]  # type: ignore[call-overload]
-        if self.pid_file is not None:
-            keep.append(self.pid_file.fileno())
-        if self.control is not None:
-            keep.append(self.control.sock.fileno())
-        state_fd = write_state(state)
-        try:
-            exec_new_image(state_fd, keep)
-        except OSError as err:
-            os.close(state_fd)
-            self._refused(answer, f"exec {err.filename or ''} failed: {err.strerror}")
+        """Become the installed version in place (see upgrade.py, imported
+        only now: its code would cost the resident superdaemon memory)."""
+        from .upgrade import hand_over
 
-    def _refused(self, answer: Answer | None, reason: str) -> None:
-        self.log.event(
-            Event.UPGRADE,
-            f"upgrade refused, start_server {__version__} keeps running: {reason}",
-            priority=WARNING,
-        )
-        self.supervisor.notify_systemd(f"READY=1\nSTATUS={self.supervisor.status_text()}")
-        if answer is not None:
-            answer(False, reason)
-
-
-def _resume(args: argparse.Namespace, state: dict[str, object]) -> int:
-    """The new image's start: adopt everything the previous one handed over."""
-    environ = state["environ"]
-    assert isinstance(environ, dict)
-    settings = _settings(args, environ)
-    listeners = [
-        Listener(
-            key=str(entry["key"]),
-            sock=_adopted_socket(entry["fd"], inheritable=True),
-            name=entry["name"],
-            created_path=entry["created_path"],
-        )
-        for entry in state["listeners"]  # type: ignore[attr-defined]
-    ]
-    created = bool(state["created"])
-    with contextlib.ExitStack() as resources:
-        if created:
-            resources.callback(close_all, listeners)
-        pid_file = None
-        if state["pid_file"] is not None:
-            entry = state["pid_file"]
-            pid_file = PidFile.adopt(str(entry["path"]), int(entry["fd"]))  # type: ignore[index]
-            resources.callback(pid_file.remove)
-        control = control_path = None
-        if state["control"] is not None:
-            entry = state["control"]
-            control_path = str(entry["path"])  # type: ignore[index]
-            control = ControlServer(_adopted_socket(entry["fd"], inheritable=False))  # type: ignore[index]
-            control.sock.setblocking(False)
-        serving = Serving(
-            resources,
-            settings,
-            environ,
-            listeners,
-            created,
-            pid_file,
-            control,
-            control_path,
-            state["systemd_socket"],  # type: ignore[arg-type]
-            to_journal=bool(state["to_journal"]),
-        )
-        answers: list[Answer] = list(
-            control.adopt(state["connections"]) if control else []  # type: ignore[arg-type]
-        )
-        serving.host.adopt(state["workers"])  # type: ignore[arg-type]
-        serving.supervisor.restore(state["supervisor"], answers)  # type: ignore[arg-type]
-        old = str(state["version"])
-        serving.log.event(
-            Event.UPGRADE,
-            f"start_server upgraded in place from {old} to {__version__} (pid {os.getpid()}); "
-            f"{len(serving.supervisor.generations)} generation(s) kept",
-            old_version=old,
-            new_version=__version__,
-        )
-        serving.supervisor.notify_systemd(f"READY=1\nSTATUS={serving.supervisor.status_text()}")
-        for index in state["upgrade_answers"]:  # type: ignore[attr-defined]
-            answers[index](True, f"upgraded in place from {old} to {__version__}")
-        unblock_signals()
-        return serving.supervisor.loop()
-
-
-def _adopted_socket(fd: object, inheritable: bool) -> socket.socket:
-    """A socket handed over; the listeners stay inheritable (the workers get
-    them), the rest close-on-exec again, as they were."""
-    assert isinstance(fd, int)
-    sock = socket.socket(fileno=fd)
-    sock.set_inheritable(inheritable)
-    return sock
+        hand_over(self, answer)
 
 
 def _remove(path: str) -> None:

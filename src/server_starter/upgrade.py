@@ -22,19 +22,27 @@ status), unblocks the signals and carries on.  Workers are never signalled.
 
 from __future__ import annotations
 
-import json
+import argparse
+import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .control import ControlServer, PidFile
+from .environment import RESUME_VARIABLE
+from .journal import WARNING, Event
+from .notify import monotonic_usec
+from .serve import Serving, settings_from
+from .sockets import Listener, close_all
+from .supervisor import Answer
 
 # The hand-over's layout; a new version that cannot read the running one's
 # refuses the upgrade at the check.
 HANDOVER_FORMAT = 1
 READS_FORMATS = (1,)
-RESUME_VARIABLE = "SERVER_STARTER_RESUME_FD"
 CHECK_TIMEOUT = 20.0
 
 # Blocked across exec so none is lost or acts by default (TERM would kill).
@@ -80,6 +88,8 @@ def check_installed() -> str:
 
 def write_state(state: dict[str, object]) -> int:
     """The state in an anonymous file, at offset 0, inheritable."""
+    import json  # only here: it costs the resident superdaemon ~0.5 MB
+
     fd = os.memfd_create("server-starter-handover", 0)
     data = json.dumps(state).encode()
     view = memoryview(data)
@@ -90,6 +100,8 @@ def write_state(state: dict[str, object]) -> int:
 
 
 def read_state(fd: int) -> dict[str, object]:
+    import json
+
     chunks = []
     while chunk := os.read(fd, 1 << 16):
         chunks.append(chunk)
@@ -114,6 +126,148 @@ def exec_new_image(state_fd: int, keep: Sequence[int]) -> None:
     except OSError:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         raise
+
+
+def hand_over(serving: Serving, answer: Answer | None) -> None:
+    """Check the installed version, then exec it with the whole state.
+    Returns only when the upgrade did not happen (and says why)."""
+    serving.log.event(Event.UPGRADE, "received upgrade request, checking the installed version")
+    try:
+        new_version = check_installed()
+    except UpgradeError as err:
+        _refused(serving, answer, str(err))
+        return
+    serving.supervisor.notify_systemd(
+        f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\n"
+        f"STATUS=upgrading start_server {__version__} to {new_version}"
+    )
+    connections = serving.control.handover() if serving.control else []
+    # handover() lists the live clients in the order of control.connections.
+    live = serving.control.connections if serving.control else []
+    by_identity = {id(client): index for index, client in enumerate(live)}
+    workers = serving.host.handover()
+    state: dict[str, object] = {
+        "format": HANDOVER_FORMAT,
+        "version": __version__,
+        "environ": serving.environ,
+        "systemd_socket": serving.systemd_socket,
+        "to_journal": serving.to_journal,
+        "listeners": [
+            {
+                "key": listener.key,
+                "fd": listener.fd,
+                "name": listener.name,
+                "created_path": listener.created_path,
+            }
+            for listener in serving.listeners
+        ],
+        "created": serving.created,
+        "pid_file": None
+        if serving.pid_file is None
+        else {"path": serving.pid_file.path, "fd": serving.pid_file.fileno()},
+        "control": None
+        if serving.control is None
+        else {"path": serving.control_path, "fd": serving.control.sock.fileno()},
+        "connections": connections,
+        "workers": workers,
+        "supervisor": serving.supervisor.snapshot(lambda a: by_identity.get(id(a))),
+        "upgrade_answers": [] if answer is None else [by_identity[id(answer)]],
+    }
+    keep = [listener.fd for listener in serving.listeners]
+    keep += [int(c["fd"]) for c in connections]  # type: ignore[call-overload]
+    keep += [int(w["notify_fd"]) for w in workers]  # type: ignore[call-overload]
+    if serving.pid_file is not None:
+        keep.append(serving.pid_file.fileno())
+    if serving.control is not None:
+        keep.append(serving.control.sock.fileno())
+    state_fd = write_state(state)
+    try:
+        exec_new_image(state_fd, keep)
+    except OSError as err:
+        os.close(state_fd)
+        _refused(serving, answer, f"exec {err.filename or ''} failed: {err.strerror}")
+
+
+def _refused(serving: Serving, answer: Answer | None, reason: str) -> None:
+    serving.log.event(
+        Event.UPGRADE,
+        f"upgrade refused, start_server {__version__} keeps running: {reason}",
+        priority=WARNING,
+    )
+    serving.supervisor.notify_systemd(f"READY=1\nSTATUS={serving.supervisor.status_text()}")
+    if answer is not None:
+        answer(False, reason)
+
+
+def resume(args: argparse.Namespace, state_fd: int) -> int:
+    """The new image's start: adopt everything the previous one handed over."""
+    state = read_state(state_fd)
+    environ = state["environ"]
+    assert isinstance(environ, dict)
+    settings = settings_from(args, environ)
+    listeners = [
+        Listener(
+            key=str(entry["key"]),
+            sock=_adopted_socket(entry["fd"], inheritable=True),
+            name=entry["name"],
+            created_path=entry["created_path"],
+        )
+        for entry in state["listeners"]  # type: ignore[attr-defined]
+    ]
+    created = bool(state["created"])
+    with contextlib.ExitStack() as resources:
+        if created:
+            resources.callback(close_all, listeners)
+        pid_file = None
+        if state["pid_file"] is not None:
+            entry = state["pid_file"]
+            pid_file = PidFile.adopt(str(entry["path"]), int(entry["fd"]))  # type: ignore[index]
+            resources.callback(pid_file.remove)
+        control = control_path = None
+        if state["control"] is not None:
+            entry = state["control"]
+            control_path = str(entry["path"])  # type: ignore[index]
+            control = ControlServer(_adopted_socket(entry["fd"], inheritable=False))  # type: ignore[index]
+            control.sock.setblocking(False)
+        serving = Serving(
+            resources,
+            settings,
+            environ,
+            listeners,
+            created,
+            pid_file,
+            control,
+            control_path,
+            state["systemd_socket"],  # type: ignore[arg-type]
+            to_journal=bool(state["to_journal"]),
+        )
+        answers: list[Answer] = list(
+            control.adopt(state["connections"]) if control else []  # type: ignore[arg-type]
+        )
+        serving.host.adopt(state["workers"])  # type: ignore[arg-type]
+        serving.supervisor.restore(state["supervisor"], answers)  # type: ignore[arg-type]
+        old = str(state["version"])
+        serving.log.event(
+            Event.UPGRADE,
+            f"start_server upgraded in place from {old} to {__version__} (pid {os.getpid()}); "
+            f"{len(serving.supervisor.generations)} generation(s) kept",
+            old_version=old,
+            new_version=__version__,
+        )
+        serving.supervisor.notify_systemd(f"READY=1\nSTATUS={serving.supervisor.status_text()}")
+        for index in state["upgrade_answers"]:  # type: ignore[attr-defined]
+            answers[index](True, f"upgraded in place from {old} to {__version__}")
+        unblock_signals()
+        return serving.supervisor.loop()
+
+
+def _adopted_socket(fd: object, inheritable: bool) -> socket.socket:
+    """A socket handed over; the listeners stay inheritable (the workers get
+    them), the rest close-on-exec again, as they were."""
+    assert isinstance(fd, int)
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(inheritable)
+    return sock
 
 
 def unblock_signals() -> None:
