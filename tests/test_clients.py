@@ -80,8 +80,9 @@ def test_starman_reloads_under_load(tmp_path: Path, capsys: object) -> None:
     report(
         capsys,
         f"Starman --workers=4 under --signal-on-hup=QUIT: ab -r -n {REQUESTS} -c 200, "
-        f"{generations} generations: {result['requests']} requests, failed {result['failed']} "
-        f"{result['failures_by_kind']}, {result['resets']} reset by the server",
+        f"{generations} generations: {result['requests']} requests, "
+        f"{max(result['failures_by_kind'].values())} lost ({result['failures_by_kind']}), "
+        f"{result['resets']} reset by the server",
     )
     assert generations >= 5
     assert result["requests"] == REQUESTS
@@ -90,4 +91,6 @@ def test_starman_reloads_under_load(tmp_path: Path, capsys: object) -> None:
     # graceful stop reaches the child (a read interrupted by the signal is not
     # retried; Starman 0.4016): at most about one per reload, never a refused
     # connection.  `--signal-on-hup=TERM` loses every request in progress.
-    assert result["failed"] <= generations, result["failures_by_kind"]
+    # (ab counts a lost request once for each kind of failure it shows.)
+    lost = max(result["failures_by_kind"].values())
+    assert lost <= generations, result["failures_by_kind"]
