@@ -22,7 +22,7 @@ from . import notify
 from .control import ControlServer, write_status_file
 from .settings import Settings
 from .spawn import reap, spawn
-from .supervisor import STOP_SIGNALS, Host, Supervisor
+from .supervisor import HANDLED_SIGNALS, Host, Supervisor
 
 # How long a status message to systemd may wait for room in its queue.
 NOTIFY_TIMEOUT = 2.0
@@ -67,7 +67,7 @@ class SystemHost(Host):
         self._wakeup_read.setblocking(False)
         self._wakeup_write.setblocking(False)
         signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
-        for number in (signal.SIGHUP, signal.SIGUSR2, *STOP_SIGNALS):
+        for number in HANDLED_SIGNALS:
             # The handler does nothing: the wakeup fd carries the signal number.
             signal.signal(number, lambda *_: None)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)

@@ -46,6 +46,8 @@ QUICK_EXIT_SECONDS = 2.0
 # Signals that end the superdaemon.  INT and QUIT drain like TERM (with
 # TERM sent to the workers), so a Ctrl-C or Ctrl-\ never orphans a worker.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# Every signal on_signal acts on: HUP reloads, USR2 upgrades in place.
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, *STOP_SIGNALS)
 
 
 class Host(abc.ABC):

@@ -37,22 +37,13 @@ from .journal import WARNING, Event
 from .notify import monotonic_usec
 from .serve import Serving, settings_from
 from .sockets import Listener, close_all
-from .supervisor import Answer
+from .supervisor import HANDLED_SIGNALS, Answer
 
 # The hand-over's layout; a new version that cannot read the running one's
 # refuses the upgrade at the check.
 HANDOVER_FORMAT = 1
 READS_FORMATS = (1,)
 CHECK_TIMEOUT = 20.0
-
-# Blocked across exec so none is lost or acts by default (TERM would kill).
-HANDLED_SIGNALS = (
-    signal.SIGHUP,
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGUSR2,
-)
 
 
 class UpgradeError(Exception):
@@ -72,7 +63,6 @@ def check_installed() -> str:
             timeout=CHECK_TIMEOUT,
             check=False,
             cwd="/",
-            env={k: v for k, v in os.environ.items() if k != RESUME_VARIABLE},
         )
     except subprocess.TimeoutExpired:
         raise UpgradeError(f"the new version's check took over {CHECK_TIMEOUT:g}s") from None
@@ -117,14 +107,18 @@ def read_state(fd: int) -> dict[str, object]:
 def exec_new_image(state_fd: int, keep: Sequence[int]) -> None:
     """Become the installed program.  Returns only if ``exec`` failed (and then
     undoes what it changed; the caller logs the OSError it raises)."""
-    for fd in (state_fd, *keep):
+    was_inheritable = {fd: os.get_inheritable(fd) for fd in (state_fd, *keep)}
+    for fd in was_inheritable:
         os.set_inheritable(fd, True)
+    # Blocked across exec, so none is lost or acts by default (TERM would kill).
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     env = {**os.environ, RESUME_VARIABLE: str(state_fd)}
     try:
         os.execve(sys.executable, sys.orig_argv, env)
     except OSError:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        for fd, inheritable in was_inheritable.items():
+            os.set_inheritable(fd, inheritable)
         raise
 
 
