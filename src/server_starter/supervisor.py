@@ -199,6 +199,9 @@ class Supervisor:
         self.ports = ports  # SERVER_STARTER_PORT
         self.fd_names = fd_names  # LISTEN_FDNAMES passed on, under systemd
         self.base_environ = environ
+        # Whether auto-restart is on is decided at start (as Perl does); its
+        # interval and the kill-old-delay are read again from the envdir.
+        self.auto_restart = Tunables.from_environ(environ).auto_restart
         self.host = host
         self.log = log
         # Persistent state: plain data (see snapshot()).
@@ -644,7 +647,7 @@ class Supervisor:
             self.stopping
             or self.last_restart is None
             or self._pending() is not None
-            or not self._tunables(with_envdir=False).auto_restart
+            or not self.auto_restart
         ):
             return None
         interval = self._tunables().auto_restart_interval
@@ -660,10 +663,8 @@ class Supervisor:
         self.last_restart = self.host.now()  # once per interval, even if the start fails
         self.request_reload(None, None)
 
-    def _tunables(self, with_envdir: bool = True) -> Tunables:
-        environ = self.base_environ
-        if with_envdir:
-            environ = {**environ, **load_envdir(self.settings.envdir)}
+    def _tunables(self) -> Tunables:
+        environ = {**self.base_environ, **load_envdir(self.settings.envdir)}
         try:
             return Tunables.from_environ(environ)
         except SettingError as err:
