@@ -13,11 +13,12 @@ WORKER_SIDE = [
     "listener",
     "asyncio_servers",
     "uvicorn",
+    "uvicorn_drain",
     "uvicorn_worker",
     "gunicorn",
     "example_app",
 ]
-SHARED = {"environment", "notify", "fds", "listener", "asyncio_servers", "uvicorn"}
+SHARED = {"environment", "notify", "fds", "listener", "asyncio_servers", "uvicorn", "uvicorn_drain"}
 
 
 def _imported_modules(module: str) -> set[str]:

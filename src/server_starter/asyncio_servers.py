@@ -23,6 +23,23 @@ accepted: a stream connection until its handler returns (including one whose
 handler has not started yet), a protocol connection until
 ``connection_lost()``.  The listening sockets stay open in the superdaemon
 and the next generation, so no connection is refused meanwhile.
+
+Keep-alive (HTTP/1.1, and the proxies that pool connections to the app):
+the drain closes no connection itself, since a client may be sending a
+request on an idle one at that very moment (a proxy's pooled connection
+is picked for the next request at any time) and would see it end unserved.
+From ``drain()`` on, ``servers.draining`` is True, and a server that keeps
+connections alive ends each one at a moment the client knows of:
+
+- the reply to the next request carries ``Connection: close``, then the
+  server closes (lingering: it reads and drops what the client still
+  sends until the client closes too, so that no reset reaches it);
+- or the client closes first;
+- or the connection stays idle for the server's keep-alive timeout, as it
+  would have ended without a drain.
+
+``tests/apps/asyncio_http_app.py`` is such a server on streams; the
+example app (``server_starter.example_app``) one on a protocol.
 """
 
 from __future__ import annotations
@@ -140,6 +157,9 @@ class AsyncioServers:
     def __init__(self, servers: list[asyncio.Server], in_flight: _InFlight) -> None:
         self.servers = servers
         self._in_flight = in_flight
+        self.draining = False
+        """True from the moment ``drain()`` is called: a keep-alive server
+        answers every request from then on with ``Connection: close``."""
 
     def __iter__(self) -> Iterator[asyncio.Server]:
         return iter(self.servers)
@@ -159,7 +179,11 @@ class AsyncioServers:
         """Stop accepting, close the servers once every accepted connection
         is attached, and wait until all of them are done or ``timeout``
         seconds have passed.  Returns how many were still open then; they are
-        aborted."""
+        aborted.
+
+        A keep-alive connection is not closed by the drain: the server
+        decides when, checking ``draining`` (see the module's docstring)."""
+        self.draining = True
         stop_accepting(self.servers)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

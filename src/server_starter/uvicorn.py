@@ -12,158 +12,24 @@ connection the process has accepted (``DrainingServer``).
 For gunicorn's ``-k``, see ``server_starter.uvicorn_worker``.  Needs uvicorn
 (``pip install uvicorn``); HTTP is served by h11.
 
-What uvicorn's own shutdown loses, and what the drain does instead:
-
-- ``asyncio.Server.close()`` right behind an accept batch loses the
-  connections whose transports were not built yet (CPython gh-109564): the
-  drain stops accepting first and lets them attach (``asyncio_servers``).
-- uvicorn closes at once every connection without a request in progress:
-  one accepted a moment ago, whose request is on its way or half read, is
-  reset.  The drain serves that request (with ``Connection: close``).
-- An idle keep-alive connection is closed at once, so a request the client
-  sends meanwhile is reset; an in-flight HTTP/1.1 reply ends without
-  ``Connection: close``, so the client reuses the connection and is reset.
-  The drain sends ``Connection: close`` where the reply has not started,
-  and ends every connection with a lingering close: it sends FIN first and
-  discards, unread, whatever the client still sends until it closes too
-  (bounded by ``LINGER_SECONDS``), so the client sees the connection end
-  cleanly, never a reset, and can retry on a new one.
+How the drain ends keep-alive connections, and why uvicorn's own shutdown
+loses requests under a proxy: ``server_starter.uvicorn_drain``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import socket
 import sys
-from types import FrameType
 from typing import Any
 
-from . import asyncio_servers, listener
-
-LINGER_SECONDS = 2.0
-CLOSE_HEADER = (b"connection", b"close")
+from . import listener
 
 
 def draining_classes() -> tuple[type[Any], type[Any]]:
-    """The h11 protocol and the server that drain without a reset, built
-    on the installed uvicorn (imported only when asked for)."""
-    import h11
-    import uvicorn
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class _LingerOnClose:
-        """The transport a reply cycle writes to, whose ``close()`` is the
-        protocol's lingering close."""
-
-        def __init__(self, transport: asyncio.Transport, linger: Any) -> None:
-            self._transport = transport
-            self._linger = linger
-
-        def close(self) -> None:
-            self._linger()
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._transport, name)
-
-    class DrainingH11Protocol(H11Protocol):
-        draining = False
-        discarding = False  # FIN sent: what arrives is read and dropped
-        requests_done = 0
-        drain_timer: asyncio.TimerHandle | None = None
-
-        def on_response_complete(self) -> None:
-            self.requests_done += 1
-            if not self.discarding:  # else it would arm a keep-alive timer
-                super().on_response_complete()
-
-        def data_received(self, data: bytes) -> None:
-            if self.discarding:
-                return
-            super().data_received(data)
-            if self.draining:
-                self._last_request()
-
-        def eof_received(self) -> None:
-            if self.discarding:  # the client has closed too: the linger is over
-                self.transport.close()
-            else:
-                super().eof_received()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self.drain_timer is not None:
-                self.drain_timer.cancel()
-            super().connection_lost(exc)
-
-        def shutdown(self) -> None:
-            """uvicorn's shutdown asks each connection to end: serve what
-            this one has been sent, then close it lingering."""
-            if self.draining:
-                return
-            self.draining = True
-            if self.cycle is not None and not self.cycle.response_complete:
-                self._last_request()
-            elif self.requests_done and not self._request_begun():
-                self.linger()  # idle between requests
-            else:
-                # A fresh connection: its first request is on its way.
-                self._unset_keepalive_if_required()
-                self.drain_timer = self.loop.call_later(self.timeout_keep_alive, self._give_up)
-
-        def _request_begun(self) -> bool:
-            return bool(self.conn.their_state is not h11.IDLE or self.conn.trailing_data[0])
-
-        def _last_request(self) -> None:
-            cycle = self.cycle
-            if cycle is None or cycle.response_complete or cycle.keep_alive is False:
-                return
-            cycle.keep_alive = False
-            if not cycle.response_started:
-                cycle.default_headers = [*cycle.default_headers, CLOSE_HEADER]
-            cycle.transport = _LingerOnClose(self.transport, self.linger)  # type: ignore[assignment]
-            if self.drain_timer is not None:
-                self.drain_timer.cancel()
-                self.drain_timer = None
-
-        def _give_up(self) -> None:
-            self.drain_timer = None
-            if self.cycle is None or self.cycle.response_complete:
-                self.linger()
-
-        def linger(self) -> None:
-            if self.discarding or self.transport.is_closing():
-                return
-            self.discarding = True
-            self._unset_keepalive_if_required()
-            self.transport.resume_reading()
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-            self.drain_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
-
-    class DrainingServer(uvicorn.Server):
-        """Stops accepting the moment SIGTERM arrives (uvicorn itself would
-        notice on its next 0.1 s tick) and drains without a reset."""
-
-        loop: asyncio.AbstractEventLoop | None = None
-        on_started: Any = None
-
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets)
-            self.loop = asyncio.get_running_loop()
-            if self.started and self.on_started is not None:
-                self.on_started()
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            super().handle_exit(sig, frame)
-            if self.loop is not None and not self.loop.is_closed():
-                self.loop.call_soon_threadsafe(asyncio_servers.stop_accepting, self.servers)
-
-        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            asyncio_servers.stop_accepting(self.servers)
-            await asyncio_servers.wait_for_accepted_connections()
-            for connection in list(self.server_state.connections):
-                connection.shutdown()
-            await super().shutdown(sockets)
+    """The h11 protocol and the server that drain without losing a
+    request, built on the installed uvicorn (imported only when asked for)."""
+    from .uvicorn_drain import DrainingH11Protocol, DrainingServer
 
     return DrainingH11Protocol, DrainingServer
 
@@ -178,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         default=30.0,
         metavar="SECONDS",
         help="longest drain on SIGTERM (default 30)",
+    )
+    parser.add_argument(
+        "--timeout-keep-alive",
+        type=int,
+        default=5,
+        metavar="SECONDS",
+        help="close a connection idle this long, also while draining (default 5, uvicorn's)",
     )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -205,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         http=protocol,
         log_level=args.log_level,
         timeout_graceful_shutdown=int(args.timeout_graceful_shutdown),
+        timeout_keep_alive=args.timeout_keep_alive,
     )
     server = server_class(config)
     server.on_started = lambda: listener.notify_ready(f"uvicorn {uvicorn.__version__} serving")

@@ -5,9 +5,10 @@
             -k server_starter.uvicorn_worker.UvicornWorker myapp:app -w 4
 
 uvicorn's own ``uvicorn.workers.UvicornWorker`` with the drain of
-``server_starter.uvicorn``: on SIGTERM (gunicorn's graceful stop, or the
-old workers of gunicorn's own HUP) it stops accepting at once and serves
-every connection it has accepted, ending each with a lingering close.
+``server_starter.uvicorn_drain``: on SIGTERM (gunicorn's graceful stop, or
+the old workers of gunicorn's own HUP) it stops accepting at once, serves
+every request on the connections it has accepted, and ends keep-alive
+connections only where the client expects it.
 Works under the superdaemon and under a plain gunicorn alike.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from gunicorn.arbiter import Arbiter
 
-from .uvicorn import draining_classes
+from .uvicorn_drain import DrainingH11Protocol, DrainingServer
 
 with warnings.catch_warnings():
     # uvicorn.workers is deprecated in favour of the uvicorn-worker package,
@@ -29,15 +30,13 @@ with warnings.catch_warnings():
 
 __all__ = ["UvicornWorker"]
 
-_Protocol, _Server = draining_classes()
-
 
 class UvicornWorker(_UvicornWorker):
-    CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": _Protocol}  # noqa: RUF012 - as uvicorn declares it
+    CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": DrainingH11Protocol}  # noqa: RUF012 - as uvicorn declares it
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
-        server = _Server(config=self.config)
+        server = DrainingServer(config=self.config)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:

@@ -18,6 +18,15 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         await send({"type": "http.response.body", "body": b"generation ", "more_body": True})
         await asyncio.sleep(0.3)
         await send({"type": "http.response.body", "body": f"{GENERATION}\n".encode()})
+    elif scope["path"] == "/echo":  # reads the whole body, answers after 20 ms
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        await asyncio.sleep(0.02)
+        await send({"type": "http.response.body", "body": b"read %6d\n" % size})
     elif scope["path"] == "/pause":  # the seed's 100 ms handler, a body of one length for ab
         await asyncio.sleep(0.1)
         await send({"type": "http.response.body", "body": b"hello\n"})
