@@ -13,6 +13,10 @@ SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-gunicorn python3-uvloop"
 # Clients people run under start_server, proven in the tests: Starman (PSGI,
 # through Net::Server::SS::PreFork), and the sdnotify readiness library.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES starman libnet-server-ss-prefork-perl python3-sdnotify"
+# The proxies users put in front (the keep-alive pools the drain must not
+# break), wrk for HTTP/1.1 keep-alive load, and Debian's aiohttp (3.8) beside
+# PyPI's newest in the venv.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES nginx haproxy wrk python3-aiohttp"
 # make deb: building the packages offline, and checking them.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES dpkg-dev debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian"
 # End-to-end tests: a bookworm root file system booted with systemd-nspawn.
@@ -39,7 +43,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e . \
-        pytest pytest-timeout hypothesis ruff mypy uvicorn
+        pytest pytest-timeout hypothesis ruff mypy uvicorn "aiohttp>=3.9"
     touch .venv/.installed
 fi
 # The newest gunicorn from PyPI, apart from Debian's (no system site-packages).

@@ -201,7 +201,7 @@ end
 """
 
 
-def run_wrk(url: str, connections: int, seconds: float, workdir: Path) -> dict[str, int | float]:
+def run_wrk(url: str, connections: int, seconds: int, workdir: Path) -> dict[str, int | float]:
     """wrk (HTTP/1.1, each connection reused for request after request, as
     a browser or a pooling client does), alternating POSTs and GETs:
     requests done, socket errors by kind, and non-2xx/3xx replies."""
@@ -212,7 +212,7 @@ def run_wrk(url: str, connections: int, seconds: float, workdir: Path) -> dict[s
             WRK,
             "-t2",
             f"-c{connections}",
-            f"-d{seconds:g}s",
+            f"-d{seconds}s",
             "--timeout",
             "30s",
             "-s",

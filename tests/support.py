@@ -36,6 +36,30 @@ UVICORN_APP = [
     "--log-level=warning",
 ]
 REPORTER = [sys.executable, str(ROOT / "tests" / "workers" / "reporter.py")]
+# gunicorn (Debian's, through the venv's system site-packages) with our
+# UvicornWorker, serving the same ASGI test app.
+GUNICORN_UVICORN = [
+    sys.executable,
+    "-m",
+    "gunicorn",
+    "-c",
+    "python:server_starter.gunicorn",
+    "-k",
+    "server_starter.uvicorn_worker.UvicornWorker",
+    "-w",
+    "2",
+    f"--chdir={APPS}",
+    "--log-level=warning",
+    "asgi_app:app",
+]
+# Debian's own interpreter, with Debian's aiohttp (3.8 on bookworm); the
+# venv's python has PyPI's newest.
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def aiohttp_app(python: str = sys.executable) -> list[str]:
+    """The aiohttp test app under the aiohttp adapter."""
+    return [python, "-m", "server_starter.aiohttp", "aiohttp_app:app", f"--app-dir={APPS}"]
 
 
 def free_port() -> int:
@@ -430,6 +454,20 @@ def percentile(ordered: list[int], pct: float) -> float:
         return 0.0
     index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
     return float(ordered[index])
+
+
+def retiring_lifetimes(daemon: Daemon) -> list[float]:
+    """Seconds from the TERM sent to each retiring worker to its exit, from
+    the superdaemon's log lines as they arrived."""
+    signalled: dict[str, float] = {}
+    for moment, match in daemon.arrivals(r"sending TERM to old workers:([\d,]+)"):
+        for pid in match.group(1).split(","):
+            signalled.setdefault(pid, moment)
+    return sorted(
+        moment - signalled[match.group(1)]
+        for moment, match in daemon.arrivals(r"^old worker (\d+) died")
+        if match.group(1) in signalled
+    )
 
 
 @contextlib.contextmanager

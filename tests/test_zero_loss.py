@@ -24,6 +24,7 @@ import pytest
 from support import (
     APPS,
     EXAMPLE_APP,
+    GUNICORN_UVICORN,
     ROOT,
     START_SERVER,
     UVICORN_APP,
@@ -43,20 +44,6 @@ pytestmark = pytest.mark.load
 SRC = ROOT / "src"
 CONCURRENCY = 500
 RELOAD_EVERY = 0.3  # seconds: ten and more reloads within one ab run
-GUNICORN_UVICORN = [
-    sys.executable,
-    "-m",
-    "gunicorn",
-    "-c",
-    "python:server_starter.gunicorn",
-    "-k",
-    "server_starter.uvicorn_worker.UvicornWorker",
-    "-w",
-    "2",
-    f"--chdir={APPS}",
-    "--log-level=warning",
-    "asgi_app:app",
-]
 # name: (worker command, path, requests); every path answers after 100 ms
 # with a body of one length, so that ab's "length" failures mean something.
 APPS_UNDER_LOAD = {
