@@ -62,6 +62,17 @@ def aiohttp_app(python: str = sys.executable) -> list[str]:
     return [python, "-m", "server_starter.aiohttp", "aiohttp_app:app", f"--app-dir={APPS}"]
 
 
+# Every server of ours that keeps connections alive, with its test app:
+# each answers "/" with its generation in X-Server-Starter-Generation.
+KEEP_ALIVE_SERVERS = {
+    "uvicorn adapter": UVICORN_APP,
+    "gunicorn + UvicornWorker": GUNICORN_UVICORN,
+    "example app": EXAMPLE_APP,
+    "aiohttp adapter": aiohttp_app(),
+    "asyncio recipe": [sys.executable, str(APPS / "asyncio_http_app.py")],
+}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -493,10 +504,11 @@ def reloading(reload: Callable[[], object], every: float) -> Iterator[list[float
 
 class KeepAliveLoad(ClientThreads):
     """HTTP/1.1 clients that reuse their connection for request after
-    request, as a connection pool does, each on its own thread.  A
-    connection the server ends cleanly before answering (EOF: nothing of the
-    request was served) is counted and replaced, as pools retry then; a
-    reset, a broken reply or a wrong status is a failure."""
+    request, as a connection pool does, each on its own thread, and open a
+    new one only when a reply said ``Connection: close``.  A connection the
+    server ends before answering (EOF: the request unserved; a pool that
+    retries hides it, a proxy answers 502) is counted in ``clean_closes``
+    and replaced; a reset, a broken reply or a wrong status is a failure."""
 
     def __init__(self, port: int, path: str, threads: int = 50) -> None:
         self.port, self.path = port, path

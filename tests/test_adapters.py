@@ -1,6 +1,7 @@
-"""Apps that are not gunicorn: asyncio and uvicorn (ASGI) on inherited
-sockets, ready on READY=1, draining on TERM.  (The socketserver adapter is
-the example app's, tested throughout.)"""
+"""Apps that are not gunicorn: asyncio, uvicorn (ASGI) and aiohttp on
+inherited sockets, ready on READY=1, draining on TERM; and the drain's rule
+for connections kept alive, one connection at a time.  (The socketserver
+adapter is the example app's, tested throughout.)"""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from support import (
     APPS,
+    KEEP_ALIVE_SERVERS,
     START_SERVER,
     UVICORN_APP,
     free_port,
@@ -104,3 +106,75 @@ def test_uvicorn_outside_start_server_is_a_clear_error() -> None:
     )
     assert result.returncode == 1
     assert result.stderr.startswith("server_starter.uvicorn: no environment variable")
+
+
+def _get(conn: http.client.HTTPConnection) -> tuple[int, bool]:
+    """A GET of "/" on a kept-alive connection: (generation, closes after)."""
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 200
+    return int(response.headers["x-server-starter-generation"]), response.will_close
+
+
+@pytest.mark.parametrize("name", KEEP_ALIVE_SERVERS)
+def test_a_retiring_generation_serves_its_connections_then_ends_them(name: str) -> None:
+    """The drain's rule: a request on a retiring generation's connection is
+    served, its reply saying ``Connection: close``, then the server closes
+    (a clean end, no reset); an idle connection is left open until it has
+    been idle for the keep-alive timeout, then ends cleanly; then the
+    retiring generation exits."""
+    port = free_port()
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--require-notify", "--"]
+    with running([*argv, *KEEP_ALIVE_SERVERS[name]], env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready")
+        used = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        assert _get(used) == (1, False)
+        assert _get(idle) == (1, False)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for(r"sending TERM to old workers")
+        # Until the old worker has taken in its signal it keeps the
+        # connection alive; from then on its reply says close.
+        replies = [_get(used)]
+        while replies[-1] == (1, False) and len(replies) < 200:
+            replies.append(_get(used))
+        assert replies[-1] == (1, True), replies
+        assert used.sock is not None
+        assert used.sock.recv(1) == b""  # closed by the server, cleanly
+        assert idle.sock is not None
+        assert idle.sock.recv(1) == b""  # within its keep-alive timeout (20 s bound)
+        daemon.wait_for(r"^old worker \d+ died", timeout=20)
+        assert generation_of(port) == 2
+        used.close()
+        idle.close()
+
+
+@pytest.mark.parametrize(
+    ("app", "error"),
+    [
+        ("aiohttp_app:app", "no environment variable SERVER_STARTER_PORT"),
+        ("aiohttp_app", "the app must be given as module:attribute, not 'aiohttp_app'"),
+        ("aiohttp_app:nothing", "module 'aiohttp_app' has no attribute 'nothing'"),
+        ("aiohttp_app:GENERATION", "is neither an aiohttp web.Application nor a function"),
+        ("no_such_module:app", "No module named 'no_such_module'"),
+    ],
+)
+def test_aiohttp_adapter_errors_are_one_line(app: str, error: str, tmp_path: Path) -> None:
+    import subprocess
+
+    env = worker_env()
+    if "SERVER_STARTER_PORT" not in error:
+        env["SERVER_STARTER_PORT"] = ""  # as under a start_server without --port
+    result = subprocess.run(
+        [sys.executable, "-m", "server_starter.aiohttp", app, f"--app-dir={APPS}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("server_starter.aiohttp: "), result.stderr
+    assert error in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
