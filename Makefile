@@ -29,6 +29,7 @@ deb: deps
 # MODE=full (default, about 10 minutes), quick (under 5) or smoke (the harness only).
 MODE ?= full
 bench: deps
+	@scripts/install-deps.sh bench
 	$(BIN)/python bench/benchmark.py --mode=$(MODE)
 
 clean:

@@ -22,6 +22,14 @@ Scenarios (see the README, "Benchmark"):
    ready in 2 s; ours (readiness notified) against Perl's (--interval rule).
 4. footprint: the superdaemon's RSS, CPU time and wake-ups idle and across
    many reloads, ours beside Perl's.
+5. behind nginx: each app under ours behind nginx keeping a pool of
+   keep-alive connections (``keepalive 64``), a reload every second, with
+   ab's 512-byte POSTs (HTTP/1.0 clients) and then wrk's HTTP/1.1
+   keep-alive clients alternating POSTs and GETs; failures by kind at the
+   client and in nginx's error log: our adapters and the example app, and
+   beside them aiohttp served the plain way, uvicorn's own UvicornWorker,
+   gunicorn's gthread worker and the seed's Go program
+   (``bench/seed/main.go``, ``http.Server.Shutdown``).
 
 Writes ``<out>/<date>.json`` and ``<out>/<date>.png`` (latency over time,
 reloads marked) and, unless --smoke, the README's table.
@@ -52,13 +60,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import proxies  # noqa: E402 - the tests' proxies and wrk
 from support import (  # noqa: E402 - the tests' real-process helpers
     APPS,
     EXAMPLE_APP,
+    GUNICORN_UVICORN,
     PERL_START_SERVER,
     START_SERVER,
     UVICORN_APP,
     Daemon,
+    aiohttp_app,
     build_debs,
     free_port,
     http_get,
@@ -78,6 +89,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "idle_seconds": 1.0,
         "footprint_reloads": 3,
         "systemd": False,
+        "proxy_seconds": 2,
+        "go": False,
     },
     "quick": {
         "requests": 20_000,
@@ -87,6 +100,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "idle_seconds": 10.0,
         "footprint_reloads": 20,
         "systemd": True,
+        "proxy_seconds": 12,
+        "go": True,
     },
     "full": {
         "requests": 100_000,
@@ -96,6 +111,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "idle_seconds": 60.0,
         "footprint_reloads": 100,
         "systemd": True,
+        "proxy_seconds": 20,
+        "go": True,
     },
 }
 RELOAD_EVERY = 1.0  # seconds, as DESIGN's reference scenario asks
@@ -239,6 +256,95 @@ def reference(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
         ),
         "contenders": contenders,
     }
+
+
+# -- scenario 5: behind nginx ---------------------------------------------------
+
+PROXY_CONCURRENCY = 200
+SEED_SOURCE = ROOT / "bench" / "seed" / "main.go"
+
+
+def build_seed(workdir: Path) -> list[str]:
+    """The seed's Go program, built with Go's standard library alone."""
+    binary = workdir / "seed"
+    env = {**os.environ, "GOCACHE": str(workdir / "gocache"), "GOPATH": str(workdir / "gopath")}
+    subprocess.run(
+        ["go", "build", "-o", str(binary), str(SEED_SOURCE)], env=env, check=True, timeout=600
+    )
+    return [str(binary)]
+
+
+def behind_nginx(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    gunicorn = f"gunicorn {gunicorn_version()}"
+    stock_worker = [
+        STOCK_UVICORN_WORKER if arg == OUR_UVICORN_WORKER else arg for arg in GUNICORN_UVICORN
+    ]
+    gthread = [sys.executable, "-m", "gunicorn", "-c", "python:server_starter.gunicorn"]
+    gthread += ["-k", "gthread", "--threads", "16", "--keep-alive", "30", "-w", "2"]
+    gthread += [f"--chdir={APPS}", "--log-level=warning", "wsgi_app:app"]
+    rows: list[tuple[str, list[str], str]] = [
+        ("uvicorn adapter", UVICORN_APP, "/echo"),
+        (f"{gunicorn} + our UvicornWorker", GUNICORN_UVICORN, "/echo"),
+        ("aiohttp adapter", aiohttp_app(), "/echo"),
+        ("example app", EXAMPLE_APP, "/"),
+        ("asyncio recipe", ASYNCIO_RECIPE, "/echo"),
+        (f"{gunicorn} + uvicorn's UvicornWorker", stock_worker, "/echo"),
+        (
+            "aiohttp the plain way (SockSite, cleanup)",
+            [sys.executable, str(APPS / "aiohttp_plain.py")],
+            "/echo",
+        ),
+        (f"{gunicorn} gthread, --keep-alive 30 (WSGI)", gthread, "/echo"),
+    ]
+    if profile["go"]:
+        rows.append(("the seed's Go program (Shutdown)", build_seed(workdir), "/echo"))
+    seconds = profile["proxy_seconds"]
+    contenders: dict[str, Any] = {}
+    for name, app, path in rows:
+        log(f"behind nginx: {name}")
+        result: dict[str, Any] = {}
+        for load in ("ab", "wrk"):
+            figures: dict[str, Any]
+            port = free_port()
+            daemon = superdaemon("ours", port, options=("--require-notify",), app=app)
+            try:
+                wait_until_serving(port)
+                with proxies.nginx(port, workdir) as proxy:
+                    url = f"http://127.0.0.1:{proxy.port}{path}"
+                    with reloading(partial(daemon.signal, signal.SIGHUP), RELOAD_EVERY):
+                        if load == "ab":
+                            figures = dict(
+                                proxies.run_ab_post(url, PROXY_CONCURRENCY, seconds, workdir)
+                            )
+                        else:
+                            figures = dict(
+                                proxies.run_wrk(url, PROXY_CONCURRENCY, seconds, workdir)
+                            )
+                errors = proxy.errors()
+                figures["proxy_errors"] = len(errors)
+                figures["proxy_errors_by_kind"] = nginx_error_kinds(errors)
+                figures["reloads"] = len(daemon.matches(r"\(generation \d+\) is ready")) - 1
+            finally:
+                stop(daemon)
+            result[load] = figures
+        contenders[name] = result
+    return {
+        "load": (
+            f"through nginx (keepalive 64), a reload every {RELOAD_EVERY:g} s: "
+            f"ab -r -t {seconds} -c {PROXY_CONCURRENCY} with 512-byte POSTs; "
+            f"wrk -t2 -c{PROXY_CONCURRENCY} -d{seconds}s, POSTs and GETs alternating"
+        ),
+        "contenders": contenders,
+    }
+
+
+def nginx_error_kinds(errors: list[str]) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for line in errors:
+        match = re.search(r"\] \d+#\d+: \*\d+ (.+?) while ", line)
+        kind = match.group(1) if match else line.split("]", 1)[-1].strip()[:60]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 def wait_until_serving(port: int, timeout: float = 60) -> None:
@@ -697,6 +803,25 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {name} | {r['old_signalled_s']['median']:.2f} | {r['new_answers_s']['median']:.2f} "
             f"| {gap['median']:.2f} (max {gap['max']:.2f}) |"
         )
+    block = results["behind_nginx"]
+    lines += [
+        "",
+        f"**behind nginx**: {block['load']}. Failed at the client: ab's failed and non-2xx "
+        "(nginx's 502s); wrk's socket errors and non-2xx. In nginx's log: upstream errors, "
+        "also those of requests nginx retried on another connection.",
+        "",
+        "| app under ours | ab: requests | non-2xx / failed | nginx log | wrk: requests "
+        "| socket errors / non-2xx | nginx log |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in block["contenders"].items():
+        ab, wrk = r["ab"], r["wrk"]
+        sockets = wrk["connect"] + wrk["read"] + wrk["write"] + wrk["timeout"]
+        lines.append(
+            f"| {name} | {ab['requests']:,} | {ab['non_2xx']:,} / {ab['failed']:,} "
+            f"| {ab['proxy_errors']:,} | {wrk['requests']:,} | {sockets:,} / {wrk['non_2xx']:,} "
+            f"| {wrk['proxy_errors']:,} |"
+        )
     lines += [
         "",
         "**footprint** (the superdaemon alone):",
@@ -740,6 +865,10 @@ def main() -> int:
     if shutil.which("ab") is None:
         print("bench: ab not found (apt-get install apache2-utils)", file=sys.stderr)
         return 1
+    missing = proxies.available() + (["go"] if profile["go"] and shutil.which("go") is None else [])
+    if missing:
+        print(f"bench: missing {missing} (scripts/install-deps.sh bench)", file=sys.stderr)
+        return 1
     if profile["systemd"] and os.geteuid() != 0:
         print("bench: the systemd scenario boots a container: run as root", file=sys.stderr)
         return 1
@@ -770,6 +899,7 @@ def main() -> int:
         results["latency"] = latency(profile, workdir)
         log("footprint")
         results["footprint"] = footprint(profile)
+        results["behind_nginx"] = behind_nginx(profile, workdir)
     results["duration_s"] = round(time.monotonic() - started, 1)
     json_path, plot_path = args.out / f"{stamp}.json", args.out / f"{stamp}.png"
     plot(results, plot_path)

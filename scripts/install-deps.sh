@@ -23,6 +23,11 @@ SYSTEM_PACKAGES="$SYSTEM_PACKAGES dpkg-dev debhelper dh-python python3-all pytho
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES systemd-container debootstrap"
 # make bench: its plot.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-matplotlib"
+# make bench (scripts/install-deps.sh bench): Go, for the seed's Go program
+# beside our apps behind nginx.
+if [ "${1:-}" = bench ]; then
+    SYSTEM_PACKAGES="$SYSTEM_PACKAGES golang-go"
+fi
 
 missing=""
 for pkg in $SYSTEM_PACKAGES; do

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from support import free_port
+from support import ab_figures, free_port
 
 NGINX = "/usr/sbin/nginx"
 HAPROXY = "/usr/sbin/haproxy"
@@ -240,4 +240,22 @@ def run_wrk(url: str, connections: int, seconds: int, workdir: Path) -> dict[str
         "timeout": timeout,
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "requests_per_second": float(rate.group(1)) if rate else 0.0,
+    }
+
+
+def run_ab_post(url: str, concurrency: int, seconds: int, workdir: Path) -> dict[str, int | float]:
+    """ab (HTTP/1.0, a connection per request) sending 512-byte POSTs for
+    ``seconds``: requests done, failed (ab's count, once per kind) and
+    non-2xx replies (a proxy's 502s)."""
+    body = workdir / "post-body"
+    body.write_bytes(b"x" * BODY_BYTES)
+    command = ["ab", "-r", "-q", "-s", "60", "-t", str(seconds), "-n", "10000000"]
+    command += ["-c", str(concurrency), "-p", str(body), "-T", "text/plain", url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    figures = ab_figures(result.stdout + result.stderr)
+    return {
+        "requests": figures["requests"],
+        "failed": figures["failed"],
+        "non_2xx": figures["non_2xx"],
+        "requests_per_second": figures["requests_per_second"],
     }

@@ -71,4 +71,15 @@ def test_smoke_run_writes_complete_results(tmp_path: Path) -> None:
         if name == "ours" or "stalled_after_reloads" not in figures:  # Perl's may stall
             assert figures["reloads"] == results["profile"]["footprint_reloads"], name
         assert figures["cpu_ms_per_reload"] >= 0
+    behind = results["behind_nginx"]["contenders"]
+    assert len(behind) == 8  # the Go program is built only for quick and full runs
+    ours = ("uvicorn adapter", "our UvicornWorker", "aiohttp adapter", "example app", "asyncio")
+    for name, loads in behind.items():
+        for load, figures in loads.items():
+            assert figures["requests"] > 0, (name, load)
+            assert figures["reloads"] >= 1, (name, load)
+            if any(mine in name for mine in ours):
+                failures = {k: figures[k] for k in ("non_2xx", "proxy_errors")}
+                assert failures == {"non_2xx": 0, "proxy_errors": 0}, (name, load)
     assert "| contender |" in result.stdout, "the markdown table is printed"
+    assert "| app under ours |" in result.stdout

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import signal
 import statistics
-import subprocess
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -45,7 +44,6 @@ from support import (
     START_SERVER,
     UVICORN_APP,
     Daemon,
-    ab_figures,
     aiohttp_app,
     free_port,
     reloading,
@@ -83,21 +81,6 @@ SETUPS: dict[str, tuple[ProxyFactory, str]] = {
 }
 
 
-def run_ab_post(url: str, workdir: Path) -> dict[str, int | float]:
-    body = workdir / "post-body"
-    body.write_bytes(b"x" * proxies.BODY_BYTES)
-    command = ["ab", "-r", "-q", "-s", "60", "-t", str(SECONDS), "-n", "10000000"]
-    command += ["-c", str(CONCURRENCY), "-p", str(body), "-T", "text/plain", url]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 120)
-    figures = ab_figures(result.stdout + result.stderr)
-    return {
-        "requests": figures["requests"],
-        "failed": figures["failed"],
-        "non_2xx": figures["non_2xx"],
-        "requests_per_second": figures["requests_per_second"],
-    }
-
-
 def all_retired(daemon: Daemon, reloads: int) -> None:
     """Every retiring generation exits in bounded time: within the longest
     drain (the adapters' 30 s; an idle connection ends after 5 s)."""
@@ -119,7 +102,7 @@ def test_no_request_fails_behind_a_pooling_proxy(
             url = f"http://127.0.0.1:{proxy.port}{path}"
             with reloading(lambda: daemon.signal(signal.SIGHUP), RELOAD_EVERY):
                 if client == "ab":
-                    result = run_ab_post(url, tmp_path)
+                    result = proxies.run_ab_post(url, CONCURRENCY, SECONDS, tmp_path)
                 else:
                     result = proxies.run_wrk(url, CONCURRENCY, SECONDS, tmp_path)
         errors = proxy.errors()  # read once it has exited: every line is written

@@ -15,6 +15,9 @@ GENERATION = os.environ.get("SERVER_STARTER_GENERATION", "0")
 def app(environ, start_response):  # type: ignore[no-untyped-def]
     if environ.get("PATH_INFO") == "/slow":
         time.sleep(0.1)
+    elif environ.get("PATH_INFO") == "/echo":  # reads the body, answers after 20 ms
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        time.sleep(0.02)
     # Fixed width: ab counts a response of another length as failed.
     body = f"generation {GENERATION:>6}\n".encode()
     start_response(
