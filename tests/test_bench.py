@@ -79,7 +79,7 @@ def test_smoke_run_writes_complete_results(tmp_path: Path) -> None:
             assert figures["requests"] > 0, (name, load)
             assert figures["reloads"] >= 1, (name, load)
             if any(mine in name for mine in ours):
-                failures = {k: figures[k] for k in ("non_2xx", "proxy_errors")}
-                assert failures == {"non_2xx": 0, "proxy_errors": 0}, (name, load)
+                errors = {k: figures[k] for k in ("non_2xx", "proxy_errors")}
+                assert errors == {"non_2xx": 0, "proxy_errors": 0}, (name, load)
     assert "| contender |" in result.stdout, "the markdown table is printed"
     assert "| app under ours |" in result.stdout
