@@ -121,11 +121,16 @@ async def serve(
     return cut
 
 
-def run_app(app: web.Application, **kwargs: Any) -> int:
+def run_app(app: web.Application | Awaitable[web.Application], **kwargs: Any) -> int:
     """``serve(app)`` in a new event loop (uvloop's, when it is installed);
-    returns the process's exit status."""
+    ``app`` may also be an awaitable that makes it.  Returns the process's
+    exit status: 1, with a line on stderr, when there is no socket to serve."""
+
+    async def made_and_served() -> int:
+        return await serve(await app if inspect.isawaitable(app) else app, **kwargs)
+
     try:
-        cut = _run(serve(app, **kwargs))
+        cut = _run(made_and_served())
     except listener.NotUnderServerStarter as err:
         print(f"server_starter.aiohttp: {err}", file=sys.stderr)
         return 1
@@ -195,23 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     except (listener.NotUnderServerStarter, ValueError, ImportError) as err:
         print(f"server_starter.aiohttp: {err}", file=sys.stderr)
         return 1
-
-    async def made() -> web.Application:
-        return await app if inspect.isawaitable(app) else app
-
-    async def serve_made() -> int:
-        return await serve(
-            await made(), drain_timeout=args.drain_timeout, keepalive_timeout=args.keepalive_timeout
-        )
-
-    try:
-        cut = _run(serve_made())
-    except listener.NotUnderServerStarter as err:
-        print(f"server_starter.aiohttp: {err}", file=sys.stderr)
-        return 1
-    if cut:
-        print(f"server_starter.aiohttp: {cut} connections cut at the drain's end", file=sys.stderr)
-    return 0
+    return run_app(app, drain_timeout=args.drain_timeout, keepalive_timeout=args.keepalive_timeout)
 
 
 if __name__ == "__main__":
