@@ -15,6 +15,7 @@ WORKER_SIDE = [
     "uvicorn",
     "uvicorn_drain",
     "uvicorn_worker",
+    "aiohttp",
     "gunicorn",
     "example_app",
 ]
