@@ -28,9 +28,10 @@ SIGINT:
    reply carries ``Connection: close``; a reply prepared before the drain
    keeps its connection alive, and the next reply on it ends it;
 3. an idle connection ends when the client closes it or after
-   ``keepalive_timeout`` (5 s here: aiohttp's own default, 75 s up to 3.9
-   and an hour since, would keep a retiring generation that long), and the
-   whole drain is bounded by ``drain_timeout``; then ``on_cleanup`` runs.
+   ``keepalive_timeout`` (5 s here: aiohttp's own default, 75 s in 3.8 to
+   3.10 and 3,630 s in 3.14, would keep a retiring generation that long),
+   and the whole drain is bounded by ``drain_timeout``; then ``on_cleanup``
+   runs.
 
 Works with Debian 12's aiohttp (3.8) and PyPI's (3.14), on CPython's own
 loop and on uvloop.
