@@ -48,7 +48,7 @@ def test_replies_as_the_seed_program() -> None:
         assert http_get(port, "/slow?x=1")[2] == "Hello, Python!\n"
         assert http_get(port, "/nowhere")[0] == 404
         assert raw_request(port, b"POST / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 ")
-        assert raw_request(port, b"nonsense\r\n\r\n").startswith(b"HTTP/1.0 400 ")
+        assert raw_request(port, b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
         # A bare-LF client, and one that sends its request in pieces.
         assert raw_request(port, b"GET / HTTP/1.0\n\n").endswith(b"#1!\n")
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:

@@ -151,8 +151,9 @@ class DrainingH11Protocol(H11Protocol):
 
 
 class DrainingServer(uvicorn.Server):
-    """Stops accepting the moment SIGTERM arrives (uvicorn itself would
-    notice on its next 0.1 s tick) and drains by the rule above."""
+    """Stops accepting and starts the drain the moment SIGTERM arrives
+    (uvicorn itself would notice on its next 0.1 s tick, and answer
+    keep-alive meanwhile), then drains by the rule above."""
 
     loop: asyncio.AbstractEventLoop | None = None
     on_started: Callable[[], object] | None = None
@@ -166,11 +167,16 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(asyncio_servers.stop_accepting, self.servers)
+            self.loop.call_soon_threadsafe(self._begin_drain)
+
+    def _begin_drain(self) -> None:
+        asyncio_servers.stop_accepting(self.servers)
+        for connection in list(self.server_state.connections):
+            connection.shutdown()  # from now on each reply says close
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        asyncio_servers.stop_accepting(self.servers)
+        self._begin_drain()
         await asyncio_servers.wait_for_accepted_connections()
         for connection in list(self.server_state.connections):
-            connection.shutdown()
+            connection.shutdown()  # those accepted in the last batch too
         await super().shutdown(sockets)
