@@ -125,7 +125,7 @@ def test_a_retiring_generation_serves_its_connections_then_ends_them(name: str) 
     served, its reply saying ``Connection: close``, then the server closes
     (a clean end, no reset); an idle connection is left open until it has
     been idle for the keep-alive timeout, then ends cleanly; then the
-    retiring generation exits."""
+    retiring generation exits, with status 0."""
     port = free_port()
     argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--require-notify", "--"]
     with (
@@ -149,7 +149,7 @@ def test_a_retiring_generation_serves_its_connections_then_ends_them(name: str) 
         assert replies[-1] == (1, True), replies
         assert used.recv(1) == b""  # closed by the server, cleanly
         assert idle.recv(1) == b""  # once idle for its keep-alive timeout (bound: 20 s)
-        daemon.wait_for(r"^old worker \d+ died", timeout=20)
+        daemon.wait_for(r"^old worker \d+ died, status:0 ", timeout=20)
         assert generation_of(port) == 2
 
 

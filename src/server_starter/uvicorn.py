@@ -19,8 +19,10 @@ loses requests under a proxy: ``server_starter.uvicorn_drain``.
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
+from types import FrameType
 from typing import Any
 
 from . import listener
@@ -82,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     server = server_class(config)
     server.on_started = lambda: listener.notify_ready(f"uvicorn {uvicorn.__version__} serving")
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True  # uvicorn looks at it before it serves
+
+    # uvicorn raises the stop signal again once it has drained, against the
+    # handler it found: this one, so that a clean drain exits 0 (the
+    # superdaemon would log "killed by SIGTERM"), and a stop that arrives
+    # before uvicorn has its own handlers still stops it.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
     server.run(sockets=sockets)
     return 0 if server.started else 1
 
