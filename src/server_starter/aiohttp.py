@@ -45,7 +45,7 @@ import importlib
 import inspect
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -123,7 +123,8 @@ async def serve(
 
 
 def run_app(app: web.Application | Awaitable[web.Application], **kwargs: Any) -> int:
-    """``serve(app)`` in a new event loop (uvloop's, when it is installed);
+    """``serve(app)`` in a new event loop (``asyncio_servers.run``: uvloop's
+    when it is installed);
     ``app`` may also be an awaitable that makes it.  Returns the process's
     exit status: 1, with a line on stderr, when there is no socket to serve."""
 
@@ -131,24 +132,13 @@ def run_app(app: web.Application | Awaitable[web.Application], **kwargs: Any) ->
         return await serve(await app if inspect.isawaitable(app) else app, **kwargs)
 
     try:
-        cut = _run(made_and_served())
+        cut = asyncio_servers.run(made_and_served())
     except listener.NotUnderServerStarter as err:
         print(f"server_starter.aiohttp: {err}", file=sys.stderr)
         return 1
     if cut:
         print(f"server_starter.aiohttp: {cut} connections cut at the drain's end", file=sys.stderr)
     return 0
-
-
-def _run(main: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    if sys.version_info >= (3, 12):
-        return asyncio.run(main, loop_factory=uvloop.new_event_loop)
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return asyncio.run(main)
 
 
 def _version() -> str:

@@ -47,13 +47,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any
 
 from .listener import listen_all
 
 __all__ = [
     "AsyncioServers",
+    "run",
     "start_asyncio_protocol_servers",
     "start_asyncio_servers",
     "stop_accepting",
@@ -199,6 +201,20 @@ class AsyncioServers:
             elif transport is not None:
                 transport.close()
         return len(left)
+
+
+def run(main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run(main)``, on uvloop when it is installed: it spends a
+    third of the CPU time per request that CPython's own loop does; the
+    drain serves both alike."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    if sys.version_info >= (3, 12):
+        return asyncio.run(main, loop_factory=uvloop.new_event_loop)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return asyncio.run(main)
 
 
 def stop_accepting(servers: Iterable[asyncio.Server]) -> None:

@@ -37,14 +37,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine
-from typing import Any, cast
+from typing import cast
 
-from . import listener
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from .asyncio_servers import AsyncioServers
+from . import asyncio_servers, listener
 
 # A connection waiting this long for a request (its first, or the next on a
 # kept-alive one) is closed, also during a drain: uvicorn's default.  A
@@ -67,7 +62,7 @@ class Replies:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, greeting: str) -> None:
         self.loop = loop
-        self.servers: AsyncioServers | None = None
+        self.servers: asyncio_servers.AsyncioServers | None = None
         self.pages = {
             "/": (f"{greeting} from a HandleFunc #1!\n".encode(), b""),
             "/endpoint": (f"{greeting} from a HandleFunc #2!\n".encode(), b""),
@@ -434,19 +429,6 @@ class Siblings:
         return 1 if self.failed else 0
 
 
-def run(main: Coroutine[Any, Any, int]) -> int:
-    """On uvloop when it is installed: it spends a third of the CPU time per
-    request that CPython's own loop does; the adapter serves both alike."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    if sys.version_info >= (3, 12):
-        return asyncio.run(main, loop_factory=uvloop.new_event_loop)
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return asyncio.run(main)
-
-
 def processes() -> int:
     value = os.environ.get("EXAMPLE_APP_PROCESSES", "") or "1"
     if not value.isdigit() or int(value) < 1:
@@ -467,7 +449,7 @@ def fork_serving_process() -> int:
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(0)
     os.environ.pop("NOTIFY_SOCKET", None)  # readiness is the first process's to tell
-    os._exit(run(serve([])))
+    os._exit(asyncio_servers.run(serve([])))
 
 
 def main() -> int:
@@ -488,7 +470,7 @@ def main() -> int:
     if boot > 0 and signal.sigtimedwait(STOP_SIGNALS, boot) is not None:
         return 0
     children = [fork_serving_process() for _ in range(count - 1)]
-    return run(serve(children))
+    return asyncio_servers.run(serve(children))
 
 
 if __name__ == "__main__":
