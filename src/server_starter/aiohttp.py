@@ -48,6 +48,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from . import asyncio_servers, listener
@@ -84,17 +85,17 @@ async def serve(
     """Serve ``app`` on every inherited stream socket until SIGTERM or
     SIGINT (or ``stop`` is set), then drain.  Other keyword arguments go to
     ``web.AppRunner``.  Returns how many connections the drain had to cut."""
-    servers: list[asyncio_servers.AsyncioServers] = []  # set once serving
+    draining = False  # read by the middleware, set once the stop comes
 
     @web.middleware
     async def close_when_draining(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             response = await handler(request)
         except web.HTTPException as reply:  # raised replies are replies too
-            if servers and servers[0].draining:
+            if draining:
                 reply.force_close()
             raise
-        if servers and servers[0].draining and not response.prepared:
+        if draining and not response.prepared:
             response.force_close()  # "Connection: close", then aiohttp closes
         return response
 
@@ -107,17 +108,17 @@ async def serve(
     runner = _Runner(app, keepalive_timeout=keepalive_timeout, **runner_kwargs)
     await runner.setup()
     assert runner.server is not None
-    servers.append(await asyncio_servers.start_asyncio_protocol_servers(runner.server))
-    if not servers[0]:
+    servers = await asyncio_servers.start_asyncio_protocol_servers(runner.server)
+    if not servers:
         await runner.cleanup()
         raise listener.NotUnderServerStarter("no stream socket in SERVER_STARTER_PORT")
-    listener.notify_ready(f"aiohttp {_version()} serving")
+    listener.notify_ready(f"aiohttp {aiohttp.__version__} serving")
     await stop.wait()
     listener.notify_stopping()
-    servers[0].draining = True  # before the hooks: what they answer says close
-    asyncio_servers.stop_accepting(servers[0])
+    draining = True  # before the hooks: what they answer says close
+    asyncio_servers.stop_accepting(servers)
     await runner.shutdown()
-    cut = await servers[0].drain(drain_timeout)
+    cut = await servers.drain(drain_timeout)
     await runner.cleanup()
     return cut
 
@@ -139,12 +140,6 @@ def run_app(app: web.Application | Awaitable[web.Application], **kwargs: Any) ->
     if cut:
         print(f"server_starter.aiohttp: {cut} connections cut at the drain's end", file=sys.stderr)
     return 0
-
-
-def _version() -> str:
-    import aiohttp
-
-    return aiohttp.__version__
 
 
 def load_app(spec: str) -> web.Application | Awaitable[web.Application]:

@@ -177,6 +177,5 @@ class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._begin_drain()
         await asyncio_servers.wait_for_accepted_connections()
-        for connection in list(self.server_state.connections):
-            connection.shutdown()  # those accepted in the last batch too
+        self._begin_drain()  # again, for those of the last accept batch
         await super().shutdown(sockets)
