@@ -49,6 +49,11 @@ def test_replies_as_the_seed_program() -> None:
         assert http_get(port, "/nowhere")[0] == 404
         assert raw_request(port, b"POST / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 ")
         assert raw_request(port, b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        # HEAD: the head a GET gets, with its length, and no body.
+        for path, length in ((b"/", 28), (b"/nowhere", 10)):
+            head = raw_request(port, b"HEAD " + path + b" HTTP/1.0\r\n\r\n")
+            assert b"\r\nContent-Length: %d\r\n" % length in head
+            assert head.endswith(b"\r\n\r\n")
         # A bare-LF client, and one that sends its request in pieces.
         assert raw_request(port, b"GET / HTTP/1.0\n\n").endswith(b"#1!\n")
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:

@@ -241,7 +241,9 @@ class HTTPConnection(asyncio.Protocol):
                 end = self.read_request()
             except BadRequest as bad:
                 self.request = None
-                self.reply(b"HTTP/1.1", bad.status, bad.text, b"", keep_alive=False, linger=True)
+                self.reply(
+                    b"HTTP/1.1", bad.status, bad.text, b"", len(bad.text), False, linger=True
+                )
                 return
             if end < 0:
                 return
@@ -253,6 +255,7 @@ class HTTPConnection(asyncio.Protocol):
             # the client knows of (see asyncio_servers).
             keep_alive = request.keep_alive and not self.replies.draining
             body, rest = page if page is not None else (b"not found\n", b"")
+            length = len(body) + len(rest)
             if request.method == b"HEAD":
                 body, rest = b"", b""  # the head says the length of what a GET gets
             self.reply(
@@ -260,9 +263,9 @@ class HTTPConnection(asyncio.Protocol):
                 "200 OK" if page is not None else "404 Not Found",
                 body,
                 rest,
+                length,
                 keep_alive,
                 linger=request.keep_alive and not keep_alive,
-                length=len(page[0] + page[1]) if page is not None else None,
             )
 
     def read_request(self) -> int:
@@ -288,9 +291,9 @@ class HTTPConnection(asyncio.Protocol):
         status: str,
         body: bytes,
         rest: bytes,
+        length: int,
         keep_alive: bool,
         linger: bool,
-        length: int | None = None,
     ) -> None:
         """Write a reply (``rest`` after /slow's pause), then wait for the
         next request or close; ``linger`` when the client did not ask for
@@ -301,8 +304,7 @@ class HTTPConnection(asyncio.Protocol):
             connection = b"Connection: keep-alive\r\n" if version == b"HTTP/1.0" else b""
         else:
             connection = b"Connection: close\r\n"
-        size = len(body) + len(rest) if length is None else length
-        self.transport.write(self.replies.head(version, status, size, connection) + body)
+        self.transport.write(self.replies.head(version, status, length, connection) + body)
         if rest:
             self.replying = True
             self.timer = self.replies.loop.call_later(
@@ -322,8 +324,7 @@ class HTTPConnection(asyncio.Protocol):
     def done(self, keep_alive: bool, linger: bool) -> None:
         assert self.transport is not None
         if keep_alive:
-            if not self.buffer:
-                self.replies.wait_for_request(self)
+            self.replies.wait_for_request(self)  # also for a pipelined request still coming
             return
         self.closing = True
         if linger and not self.eof and self.transport.can_write_eof():
