@@ -75,6 +75,7 @@ from support import (  # noqa: E402 - the tests' real-process helpers
     http_get,
     process_figures,
     reloading,
+    reloads_done,
     run_ab,
     worker_env,
 )
@@ -323,7 +324,7 @@ def behind_nginx(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 errors = proxy.errors()
                 figures["proxy_errors"] = len(errors)
                 figures["proxy_errors_by_kind"] = nginx_error_kinds(errors)
-                figures["reloads"] = len(daemon.matches(r"\(generation \d+\) is ready")) - 1
+                figures["reloads"] = reloads_done(daemon)
             finally:
                 stop(daemon)
             result[load] = figures

@@ -467,6 +467,11 @@ def percentile(ordered: list[int], pct: float) -> float:
     return float(ordered[index])
 
 
+def reloads_done(daemon: Daemon) -> int:
+    """Generations made ready after the first, from the superdaemon's log."""
+    return len(daemon.matches(r"\(generation \d+\) is ready")) - 1
+
+
 def retiring_lifetimes(daemon: Daemon) -> list[float]:
     """Seconds from the TERM sent to each retiring worker to its exit, from
     the superdaemon's log lines as they arrived."""

@@ -47,6 +47,7 @@ from support import (
     aiohttp_app,
     free_port,
     reloading,
+    reloads_done,
     report,
     retiring_lifetimes,
     running,
@@ -106,7 +107,7 @@ def test_no_request_fails_behind_a_pooling_proxy(
                 else:
                     result = proxies.run_wrk(url, CONCURRENCY, SECONDS, tmp_path)
         errors = proxy.errors()  # read once it has exited: every line is written
-        reloads = len(daemon.matches(r"\(generation \d+\) is ready")) - 1
+        reloads = reloads_done(daemon)
         all_retired(daemon, reloads)
         lifetimes = retiring_lifetimes(daemon)
     failed = {k: v for k, v in result.items() if k not in ("requests", "requests_per_second")}

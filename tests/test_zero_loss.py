@@ -31,11 +31,11 @@ from support import (
     ROOT,
     START_SERVER,
     UVICORN_APP,
-    Daemon,
     KeepAliveLoad,
     aborted_on_close,
     free_port,
     reloading,
+    reloads_done,
     report,
     run_ab,
     running,
@@ -59,10 +59,6 @@ APPS_UNDER_LOAD = {
 
 def start_server(port: int, worker: list[str]) -> list[str]:
     return [START_SERVER, f"--port=127.0.0.1:{port}", "--require-notify", "--", *worker]
-
-
-def reloads_done(daemon: Daemon) -> int:
-    return len(daemon.matches(r"\(generation \d+\) is ready")) - 1
 
 
 # The drain must be right on every CPython from Debian's 3.11 on: the recipe
