@@ -443,7 +443,7 @@ def ours_running(reference_unit: str, unit: str, command: str) -> str:
 
 
 def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from machine import booted
+    from machine import SUITES, booted
 
     debs = workdir / "debs"
     debs.mkdir()
@@ -457,7 +457,7 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
         (uvicorn_library(workdir), "/srv/pylib"),
     ]
     contenders: dict[str, Any] = {}
-    with booted(binds, workdir / "console.log") as machine:
+    with booted(SUITES["bookworm"], binds, workdir / "console.log") as machine:
         debs_inside = sorted(f"/debs/{p.name}" for p in debs.glob("*.deb"))
         machine.run(
             "env",

@@ -26,51 +26,66 @@ START_SERVER = str(BIN / "start_server")
 PERL_START_SERVER = "/usr/bin/start_server"
 EXAMPLE_APP = [sys.executable, "-m", "server_starter.example_app"]
 APPS = ROOT / "tests" / "apps"
-# The ASGI test app under the uvicorn adapter.
-UVICORN_APP = [
-    sys.executable,
-    "-m",
-    "server_starter.uvicorn",
-    "asgi_app:app",
-    f"--app-dir={APPS}",
-    "--log-level=warning",
-]
 REPORTER = [sys.executable, str(ROOT / "tests" / "workers" / "reporter.py")]
-# gunicorn (Debian's, through the venv's system site-packages) with our
-# UvicornWorker, serving the same ASGI test app.
-GUNICORN_UVICORN = [
-    sys.executable,
-    "-m",
-    "gunicorn",
-    "-c",
-    "python:server_starter.gunicorn",
-    "-k",
-    "server_starter.uvicorn_worker.UvicornWorker",
-    "-w",
-    "2",
-    f"--chdir={APPS}",
-    "--log-level=warning",
-    "asgi_app:app",
-]
 # Debian's own interpreter, with Debian's aiohttp (3.8 on bookworm); the
 # venv's python has PyPI's newest.
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 
-def aiohttp_app(python: str = sys.executable) -> list[str]:
+def uvicorn_app(python: str = sys.executable, apps: Path | str = APPS) -> list[str]:
+    """The ASGI test app under the uvicorn adapter."""
+    return [
+        python,
+        "-m",
+        "server_starter.uvicorn",
+        "asgi_app:app",
+        f"--app-dir={apps}",
+        "--log-level=warning",
+    ]
+
+
+def gunicorn_uvicorn(python: str = sys.executable, apps: Path | str = APPS) -> list[str]:
+    """gunicorn with our UvicornWorker, serving the same ASGI test app."""
+    return [
+        python,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:server_starter.gunicorn",
+        "-k",
+        "server_starter.uvicorn_worker.UvicornWorker",
+        "-w",
+        "2",
+        f"--chdir={apps}",
+        "--log-level=warning",
+        "asgi_app:app",
+    ]
+
+
+def aiohttp_app(python: str = sys.executable, apps: Path | str = APPS) -> list[str]:
     """The aiohttp test app under the aiohttp adapter."""
-    return [python, "-m", "server_starter.aiohttp", "aiohttp_app:app", f"--app-dir={APPS}"]
+    return [python, "-m", "server_starter.aiohttp", "aiohttp_app:app", f"--app-dir={apps}"]
 
 
-# Every server of ours that keeps connections alive, with its test app:
-# each answers "/" with its generation in X-Server-Starter-Generation.
-KEEP_ALIVE_SERVERS = {
-    "uvicorn adapter": UVICORN_APP,
-    "gunicorn + UvicornWorker": GUNICORN_UVICORN,
-    "example app": EXAMPLE_APP,
-    "aiohttp adapter": aiohttp_app(),
-    "asyncio recipe": [sys.executable, str(APPS / "asyncio_http_app.py")],
-}
+def keep_alive_servers(
+    python: str = sys.executable, apps: Path | str = APPS
+) -> dict[str, list[str]]:
+    """Every server of ours that keeps connections alive, with its test app,
+    run by ``python`` from ``apps``: each answers "/" with its generation in
+    X-Server-Starter-Generation, and "/slow" with its head before its body."""
+    return {
+        "uvicorn adapter": uvicorn_app(python, apps),
+        "gunicorn + UvicornWorker": gunicorn_uvicorn(python, apps),
+        "example app": [python, "-m", "server_starter.example_app"],
+        "aiohttp adapter": aiohttp_app(python, apps),
+        "asyncio recipe": [python, f"{apps}/asyncio_http_app.py"],
+    }
+
+
+UVICORN_APP = uvicorn_app()
+# gunicorn (Debian's, through the venv's system site-packages).
+GUNICORN_UVICORN = gunicorn_uvicorn()
+KEEP_ALIVE_SERVERS = keep_alive_servers()
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import time
 
 UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _MAX_DATAGRAM = 4096
@@ -39,11 +38,6 @@ def send(message: str, socket_path: str | None = None, timeout: float | None = N
         sock.settimeout(timeout)
         sock.sendto(message.encode(), _address(path))
     return True
-
-
-def monotonic_usec() -> int:
-    """CLOCK_MONOTONIC in microseconds, for ``RELOADING=1``'s ``MONOTONIC_USEC``."""
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
 class Message:

@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterator, Sequence
 
 from .environment import load_envdir, worker_environment
 from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
-from .notify import monotonic_usec
 from .settings import SettingError, Settings, Tunables, signal_name
 from .spawn import SpawnError
 
@@ -56,7 +55,8 @@ class Host(abc.ABC):
 
     @abc.abstractmethod
     def now(self) -> float:
-        """Monotonic seconds."""
+        """Monotonic seconds: CLOCK_MONOTONIC, the clock of systemd's
+        ``MONOTONIC_USEC=``."""
 
     @abc.abstractmethod
     def spawn(self, number: int, environ: dict[str, str], settings: Settings) -> int:
@@ -473,10 +473,7 @@ class Supervisor:
         number = self.generation_count
         self.reloads.append(reload)
         if is_reload:
-            self.notify_systemd(
-                f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\n"
-                f"STATUS=reloading: starting generation {number}"
-            )
+            self.notify_reloading(f"reloading: starting generation {number}")
         envdir = self.settings.envdir
         if envdir is not None and not os.path.isdir(envdir):
             # Perl's behaviour (start without the envdir's variables), said out loud.
@@ -722,6 +719,14 @@ class Supervisor:
             self.host.notify_systemd(message)
         except OSError as err:
             self.log.line(f"cannot notify systemd {err}", priority=WARNING)
+
+    def notify_reloading(self, status: str) -> None:
+        """``RELOADING=1``, always with the ``MONOTONIC_USEC=`` that systemd
+        253 and later match a reload by (without it ``systemctl reload`` of a
+        notify-reload unit waits out its timeout); a ``READY=1`` follows in
+        every case, the reload done, failed or superseded."""
+        usec = int(self.host.now() * 1_000_000)
+        self.notify_systemd(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS={status}")
 
     # -- the state, as plain data -----------------------------------------------
 

@@ -34,7 +34,6 @@ from . import __version__
 from .control import ControlServer, PidFile
 from .environment import RESUME_VARIABLE
 from .journal import WARNING, Event
-from .notify import monotonic_usec
 from .serve import Serving, settings_from
 from .sockets import Listener, close_all
 from .supervisor import HANDLED_SIGNALS, Answer
@@ -131,10 +130,7 @@ def hand_over(serving: Serving, answer: Answer | None) -> None:
     except UpgradeError as err:
         _refused(serving, answer, str(err))
         return
-    serving.supervisor.notify_systemd(
-        f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\n"
-        f"STATUS=upgrading start_server {__version__} to {new_version}"
-    )
+    serving.supervisor.notify_reloading(f"upgrading start_server {__version__} to {new_version}")
     connections = serving.control.handover() if serving.control else []
     # handover() lists the live clients in the order of control.connections.
     live = serving.control.connections if serving.control else []
