@@ -74,6 +74,14 @@ class _Runner(web.AppRunner):
             await super().shutdown()
 
 
+def _sent(response: web.StreamResponse) -> bool:
+    """Whether the reply's head has gone out.  aiohttp 3.8 forgets it once the
+    body is done too (``prepared`` turns False again after ``write_eof()``):
+    forcing a close then would end the connection after a reply that did
+    not say so, under a client about to reuse it."""
+    return response.prepared or bool(getattr(response, "_eof_sent", False))
+
+
 async def serve(
     app: web.Application,
     *,
@@ -95,7 +103,7 @@ async def serve(
             if draining:
                 reply.force_close()
             raise
-        if draining and not response.prepared:
+        if draining and not _sent(response):
             response.force_close()  # "Connection: close", then aiohttp closes
         return response
 
