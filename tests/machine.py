@@ -10,6 +10,7 @@ the container is always powered off, or killed, at the end.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -17,7 +18,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,14 @@ def rootfs(suite: Suite) -> Path:
     (building / "etc" / "apt" / "sources.list").write_text("")
     building.rename(root)
     return root
+
+
+def prepare(suites: Iterable[Suite]) -> None:
+    """Build every missing root file system at once (each is mostly waiting
+    on the network and dpkg: two build in about the time of one)."""
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        for built in [pool.submit(rootfs, suite) for suite in suites]:
+            built.result()
 
 
 def _build_step(command: list[str], building: Path) -> None:

@@ -8,6 +8,7 @@ installation first, removal last."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from machine import SUITES, Machine, booted
+from machine import SUITES, Machine, booted, prepare
 from support import (
     ROOT,
     KeepAliveLoad,
@@ -38,7 +39,7 @@ from support import (
 
 pytestmark = [
     pytest.mark.systemd,
-    pytest.mark.timeout(900),  # the first test also builds the .debs and the root file system
+    pytest.mark.timeout(900),  # the first test also builds the .debs and the root file systems
     pytest.mark.skipif(os.geteuid() != 0, reason="booting a container needs root"),
     pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="systemd-container missing"),
 ]
@@ -124,9 +125,14 @@ class Ab:
 
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("debs")
-    build_debs(out, VERSION)
-    build_debs(out, UPGRADE)
+    """Both versions of the .debs, built while every release's root file
+    system is made (the first run on a machine), in parallel."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        roots = pool.submit(prepare, SUITES.values())
+        out = tmp_path_factory.mktemp("debs")
+        build_debs(out, VERSION)
+        build_debs(out, UPGRADE)
+        roots.result()
     return out
 
 
