@@ -27,6 +27,7 @@ class FakeHost(Host):
         self.environs: dict[int, dict[str, str]] = {}
         self.signals: list[tuple[int, signal.Signals]] = []
         self.systemd: list[dict[str, str]] = []
+        self.systemd_sent_at: list[float] = []  # the clock at each message
         self.status_file: list[tuple[int, int]] | None = None
         self.spawn_error: str | None = None
 
@@ -46,6 +47,7 @@ class FakeHost(Host):
 
     def notify_systemd(self, message: str) -> None:
         self.systemd.append(parse(message.encode()))
+        self.systemd_sent_at.append(self.clock)
 
     def write_status_file(self, path: str, workers: Sequence[tuple[int, int]]) -> None:
         self.status_file = sorted(workers)
@@ -193,6 +195,44 @@ def test_reload_signals_the_old_generation_once_the_new_one_is_ready() -> None:
     rig.exit(1)
     assert rig.host.status_file == [(2, rig.pid(2))]
     assert rig.supervisor.next_deadline() is None
+
+
+def test_every_reloading_carries_the_clock_and_ends_with_ready() -> None:
+    """What systemd 253 and later match a reload by: each RELOADING=1 has
+    MONOTONIC_USEC= from the host's clock, and a READY=1 follows before the
+    next one, whether the reload succeeds, fails at start, fails its ready
+    timeout, cannot spawn, is retried on its own, or is superseded."""
+    rig = Rig(require_notify=True, ready_timeout=30.0).serving_by_notify()
+
+    def latest() -> int:
+        return rig.supervisor.generation_count
+
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.ready(latest())  # succeeds
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.exit(latest(), status=256)  # exits at start
+    rig.until_next_deadline()  # the automatic retry starts
+    assert rig.state(latest()) is State.STARTING
+    rig.until_next_deadline()  # no READY=1 within 30 s: killed
+    rig.exit(latest(), status=9)
+    rig.host.spawn_error = "failed to exec app: No such file or directory"
+    rig.supervisor.on_signal(signal.SIGHUP)  # cannot spawn
+    rig.host.spawn_error = None
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.supervisor.on_signal(signal.SIGHUP)  # supersedes the one starting
+    rig.ready(latest())
+    rig.ready(latest())
+    assert rig.supervisor.next_reload is None and rig.supervisor.retry_at is None
+    reloading = None
+    for message, sent_at in zip(rig.host.systemd, rig.host.systemd_sent_at, strict=True):
+        if message.get("RELOADING") == "1":
+            assert reloading is None, f"RELOADING=1 twice without READY=1: {rig.host.systemd}"
+            assert int(message["MONOTONIC_USEC"]) == int(sent_at * 1_000_000)
+            reloading = message
+        elif message.get("READY") == "1":
+            reloading = None
+    assert reloading is None, "the last RELOADING=1 was never followed by READY=1"
+    assert sum(m.get("RELOADING") == "1" for m in rig.host.systemd) == 6
 
 
 def test_signal_on_hup_is_what_old_generations_get() -> None:
