@@ -35,6 +35,7 @@ PACKAGES = (
     "python3-gunicorn",
     "python3-uvloop",
     "python3-aiohttp",
+    "python3-uvicorn",
     "libserver-starter-perl",
     "lintian",
 )
@@ -48,9 +49,8 @@ class Suite:
 
 
 SUITES = {
-    # bookworm's python3-uvicorn (0.17.6) predates the adapter's minimum.
     "bookworm": Suite("bookworm", "Debian 12", PACKAGES),
-    "trixie": Suite("trixie", "Debian 13", (*PACKAGES, "python3-uvicorn")),
+    "trixie": Suite("trixie", "Debian 13", PACKAGES),
 }
 CACHE = Path(os.environ.get("SERVER_STARTER_TEST_CACHE", "/var/cache/server-starter-tests"))
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"

@@ -65,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     try:
+        protocol, server_class = draining_classes()
+    except ImportError as err:  # uvicorn too old, or a part of it missing
+        print(f"server_starter.uvicorn: {err}", file=sys.stderr)
+        return 1
+    try:
         sockets = [s for s in listener.listen_all() if s.type == socket.SOCK_STREAM]
     except (listener.NotUnderServerStarter, ValueError) as err:
         print(f"server_starter.uvicorn: {err}", file=sys.stderr)
@@ -73,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         print("server_starter.uvicorn: no stream socket in SERVER_STARTER_PORT", file=sys.stderr)
         return 1
 
-    protocol, server_class = draining_classes()
     sys.path.insert(0, args.app_dir)
     config = uvicorn.Config(
         args.app,

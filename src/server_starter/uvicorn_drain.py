@@ -32,6 +32,7 @@ kernel never answers unread data with a reset.  uvicorn's
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Callable
 from types import FrameType
@@ -43,7 +44,28 @@ from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from . import asyncio_servers
 
-__all__ = ["DrainingH11Protocol", "DrainingServer"]
+# The oldest uvicorn the drain is built on and tested with: 0.22 brought
+# ``timeout_graceful_shutdown``, which bounds it.
+MINIMUM_UVICORN = (0, 22)
+
+
+class UvicornTooOld(ImportError):
+    pass
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
+if _release(uvicorn.__version__) < MINIMUM_UVICORN:
+    _minimum = ".".join(map(str, MINIMUM_UVICORN))
+    raise UvicornTooOld(
+        f"uvicorn {uvicorn.__version__} is too old: the drain needs uvicorn {_minimum} or "
+        f"later (Debian 12's python3-uvicorn is 0.17.6; pip install 'uvicorn>={_minimum}' "
+        "in a venv)"
+    )
+
+__all__ = ["MINIMUM_UVICORN", "DrainingH11Protocol", "DrainingServer", "UvicornTooOld"]
 
 LINGER_SECONDS = 2.0  # a client reads a reply's end and closes within this
 CLOSE_HEADER = (b"connection", b"close")
