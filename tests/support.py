@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import fcntl
 import http.client
 import json
 import os
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections import Counter
@@ -204,6 +206,81 @@ def running(argv: Sequence[str], **kwargs: Any) -> Iterator[Daemon]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 daemon.proc.wait(15)
         daemon.kill_everything()
+
+
+class Terminal:
+    """A command run as a person runs it in a terminal: on a pseudo-terminal
+    that is its controlling terminal, as the leader of a new session, so the
+    terminal's Ctrl-C signals its whole foreground process group.  What it
+    prints is read by a thread (a full terminal would block its writers)."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str]) -> None:
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
+            # After setsid, in the child: the pty becomes its terminal.
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
+        os.close(slave)
+        self._output = bytearray()
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: every process holding the terminal is gone
+                chunk = b""
+            with self._changed:
+                if not chunk:
+                    self._changed.notify_all()
+                    return
+                self._output += chunk
+                self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return self._output.decode(errors="replace").replace("\r\n", "\n")
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not re.search(pattern, self._output.decode(errors="replace"), re.M):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._reader.is_alive():
+                    shown = self.output  # the condition's lock is reentrant
+                    raise AssertionError(f"waited for {pattern!r}; the terminal shows:\n{shown}")
+                self._changed.wait(remaining)
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Everything of the session, whatever process group it moved to.
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if entry.name.isdigit():
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(fields[3]) == self.proc.pid:
+                        os.kill(int(entry.name), signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        self._reader.join(10)
+        os.close(self.master)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):

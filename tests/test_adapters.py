@@ -93,6 +93,43 @@ def test_uvicorn_app_reloads_and_drains(tmp_path: Path) -> None:
     assert (response.status, body) == (200, b"generation 2\n")
 
 
+def test_uvicorn_options_for_an_app_behind_a_proxy_reach_uvicorn() -> None:
+    """The uvicorn options FastAPI apps behind a proxy need are uvicorn's own:
+    a factory, root_path, trusted X-Forwarded-For, no Server header, no
+    access log; and one uvicorn option with no meaning here is refused."""
+    pytest.importorskip("uvicorn")
+    port = free_port()
+    adapter = [*UVICORN_APP[:3], "asgi_app:make_app", *UVICORN_APP[4:]]
+    options = [
+        "--factory",
+        "--root-path=/api",
+        "--forwarded-allow-ips=127.0.0.1",
+        "--no-server-header",
+        "--no-access-log",
+        "--log-level=info",
+    ]
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--require-notify", "--"]
+    with running([*argv, *adapter, *options], env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/scope", headers={"X-Forwarded-For": "203.0.113.7"})
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        assert body == b"root_path=/api client=203.0.113.7\n"
+        assert response.getheader("server") is None
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    assert not [line for line in daemon.lines if "GET /scope" in line], daemon.lines
+    import subprocess
+
+    refused = subprocess.run(
+        [*UVICORN_APP, "--workers=4"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert refused.returncode == 2
+    assert "unrecognized arguments: --workers=4" in refused.stderr
+
+
 def test_uvicorn_outside_start_server_is_a_clear_error() -> None:
     pytest.importorskip("uvicorn")
     import subprocess

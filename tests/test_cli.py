@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -166,8 +167,28 @@ def test_version_and_help() -> None:
         assert option in help_text
 
 
-def test_restart_with_nobody_listening_fails_clearly(tmp_path: Path) -> None:
-    result = run_start_server("--restart", f"--pid-file={tmp_path / 'pid'}")
+def test_restart_with_nobody_listening_says_why_of_the_pid_file(tmp_path: Path) -> None:
+    """Of the pid file the user named, not of the control socket beside it."""
+    pid_file = tmp_path / "pid"
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    cases = {
+        "": f"no start_server runs with --pid-file {pid_file} (the file does not exist)",
+        "garbage\n": f"{pid_file} names no start_server (not a pid file of one)",
+        f"{gone.stdout.strip()}\n": f"of {pid_file} is not running: a stale pid file",
+        f"{os.getpid()}\n": f"of {pid_file} has no control socket {pid_file}.sock",
+    }
+    for content, message in cases.items():
+        if content:
+            pid_file.write_text(content)
+        result = run_start_server("--restart", f"--pid-file={pid_file}")
+        assert result.returncode == 1
+        assert result.stderr.startswith("start_server: --restart: "), result.stderr
+        assert message in result.stderr
+        assert result.stderr.count("\n") == 1
+
+
+def test_restart_with_nobody_at_the_control_socket_fails_clearly(tmp_path: Path) -> None:
+    result = run_start_server("--restart", f"--control-socket={tmp_path / 'none.sock'}")
     assert result.returncode == 1
     assert result.stderr.startswith("start_server: cannot reach start_server at ")
     assert result.stderr.count("\n") == 1

@@ -531,7 +531,7 @@ def test_bad_commands_beside_a_running_superdaemon_disturb_nothing(tmp_path: Pat
             "is locked: another start_server runs",
         ),
         (["--restart", f"--pid-file={pid_file}", "--restart-timeout=soon"], "not a number"),
-        (["--restart", f"--pid-file={tmp_path / 'not-a-pid'}"], "cannot reach start_server at"),
+        (["--restart", f"--pid-file={tmp_path / 'not-a-pid'}"], "names no start_server"),
         (["--stop", f"--pid-file={tmp_path / 'missing'}"], "failed to open file"),
         (["--restart", f"--pid-file={pid_file}", "--signal-on-hup=BOGUS"], "unknown signal"),
     ]

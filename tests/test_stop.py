@@ -3,16 +3,21 @@ never orphans a worker whatever signal ends the superdaemon."""
 
 from __future__ import annotations
 
+import http.client
+import re
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
 from support import (
+    APPS,
     EXAMPLE_APP,
     REPORTER,
     START_SERVER,
+    Terminal,
     free_port,
     pid_alive,
     run_start_server,
@@ -50,6 +55,47 @@ def test_stop_drains_a_request_in_flight(tmp_path: Path) -> None:
         daemon.wait_for(r"^exiting$")
     assert not pid_file.exists()
     assert not status_file.exists()
+
+
+# A request each app answers in two parts, 0.1 to 0.5 s apart: its head and
+# first part say it is in flight.
+IN_FLIGHT = {
+    "example app": (EXAMPLE_APP, "/slow", b"Hello, Python!\n"),
+    "gunicorn": (
+        [
+            *[sys.executable, "-m", "gunicorn", "-c", "python:server_starter.gunicorn"],
+            *[f"--chdir={APPS}", "-w", "2", "wsgi_app:app"],
+        ],
+        "/stream",
+        b"first part\nsecond part\n",
+    ),
+    "asyncio recipe": ([sys.executable, str(APPS / "asyncio_http_app.py")], "/stream", b"hello\n"),
+}
+
+
+@pytest.mark.parametrize("name", IN_FLIGHT)
+def test_ctrl_c_in_a_terminal_drains_like_sigint(name: str) -> None:
+    """start_server in a pseudo-terminal, as a person runs it: Ctrl-C makes
+    the terminal signal its whole foreground process group, yet the workers
+    hear only the superdaemon's TERM: the request in flight is answered in
+    full, nothing prints a traceback, and start_server exits 0."""
+    worker, path, body = IN_FLIGHT[name]
+    port = free_port()
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--require-notify", "--", *worker]
+    with Terminal(argv, env=worker_env()) as terminal:
+        terminal.wait_for(r"is ready")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", path)
+        response = conn.getresponse()
+        first = response.read1()  # the head and a first part: in flight
+        terminal.type(b"\x03")  # Ctrl-C
+        rest = response.read()
+        conn.close()
+        assert terminal.wait() == 0, terminal.output
+    assert (response.status, first + rest) == (200, body)
+    assert "Traceback" not in terminal.output, terminal.output
+    assert "KeyboardInterrupt" not in terminal.output, terminal.output
+    assert re.search(r"received INT, sending TERM to all workers:\d+", terminal.output)
 
 
 def test_worker_ignoring_term_is_killed_after_the_stop_timeout(tmp_path: Path) -> None:

@@ -165,6 +165,9 @@ def test_ready_timeout_kills_and_counts_as_a_failed_start() -> None:
     assert rig.until_next_deadline() == 30.0
     assert rig.host.signals == [(rig.pid(1), KILL)]
     assert rig.state(1) is State.KILLED
+    # The log says why, not only the exit's "killed by SIGKILL".
+    why = f"worker {rig.pid(1)} (generation 1) sent no READY=1 within 30s (--ready-timeout)"
+    assert f"{why}, sending KILL" in rig.log
     assert rig.supervisor.next_deadline() is None  # its exit comes next, not a timer
     rig.exit(1, status=9)
     assert "seems to have failed to start, exit status:9" in rig.log

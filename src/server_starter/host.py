@@ -39,6 +39,16 @@ class _Worker:
         self.notifier = notifier
 
 
+def _has_terminal() -> bool:
+    """Whether we run in a terminal's session: one of our standard streams
+    is the terminal, whose Ctrl-C reaches our process group."""
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            os.tcgetpgrp(fd)
+            return True
+    return False
+
+
 class SystemHost(Host):
     def __init__(
         self,
@@ -50,6 +60,11 @@ class SystemHost(Host):
         self.systemd_socket = systemd_socket
         self.selector = selectors.DefaultSelector()
         self.workers: dict[int, _Worker] = {}
+        # Ctrl-C in a terminal signals its whole foreground process group:
+        # workers in ours would get SIGINT straight from it and stop their
+        # own way (gunicorn's quick shutdown, a KeyboardInterrupt), before
+        # any drain.  In groups of their own they get only what we send.
+        self.workers_apart = _has_terminal()
         self._wakeup_read, self._wakeup_write = socket.socketpair()
         if control is not None:
             control.attach(self._register, self._unregister)
@@ -90,7 +105,13 @@ class SystemHost(Host):
         notifier = notify.NotifyReceiver(f"gen{number}")
         environ["NOTIFY_SOCKET"] = notifier.address
         try:
-            process = spawn(settings.command, environ, self.listening_fds, settings.directory)
+            process = spawn(
+                settings.command,
+                environ,
+                self.listening_fds,
+                settings.directory,
+                own_process_group=self.workers_apart,
+            )
         except BaseException:
             notifier.close()
             raise

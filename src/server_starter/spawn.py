@@ -8,6 +8,7 @@ the superdaemon can say "no such file" instead of guessing from exit 255.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -58,14 +59,19 @@ def spawn(
     env: Mapping[str, str],
     keep_fds: Sequence[int],
     directory: str | None,
+    own_process_group: bool = False,
 ) -> Process:
-    """Fork and exec ``argv``; raise SpawnError if it could not be exec'd."""
+    """Fork and exec ``argv``; raise SpawnError if it could not be exec'd.
+    With ``own_process_group`` the child leads a process group of its own,
+    out of reach of the signals a terminal sends to ours."""
     report_read, report_write = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # the child: nothing here may return or raise
         stage = "prepare to exec"
         try:
             os.close(report_read)
+            if own_process_group:
+                os.setpgid(0, 0)
             for number in _RESET_SIGNALS:
                 signal.signal(number, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -89,6 +95,11 @@ def spawn(
         finally:
             os._exit(255)
     os.close(report_write)
+    if own_process_group:
+        # Also here, so that the group exists whichever of the two runs first
+        # (EACCES: the child has exec'd, so it has done it itself).
+        with contextlib.suppress(PermissionError, ProcessLookupError):
+            os.setpgid(pid, pid)
     try:
         failure = b""
         while chunk := os.read(report_read, 4096):

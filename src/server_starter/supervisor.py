@@ -402,7 +402,7 @@ class Supervisor:
         """The one place a generation changes state: its deadline, its log
         line, its signal, the status file and ``STATUS=``."""
         now = self.host.now()
-        gen.state, gen.deadline = state, None
+        was, gen.state, gen.deadline = gen.state, state, None
         if state is State.STARTING:
             gen.deadline = gen.spawned_at + self.settings.ready_wait
             self.log.event(
@@ -439,15 +439,17 @@ class Supervisor:
             if not self.stopping:
                 self.notify_systemd(f"STATUS={self.status_text()}")
         elif state is State.KILLED:
-            if gen.ready_at is not None:  # else: never ready in time, and its exit says so
-                self.log.event(
-                    Event.KILL,
-                    f"worker {gen.pid} (generation {gen.number}) still running "
-                    f"{self.settings.stop_timeout:g}s after its signal, sending KILL",
-                    priority=WARNING,
-                    generation=gen.number,
-                    pid=gen.pid,
-                )
+            if was is State.STARTING:
+                why = f"sent no READY=1 within {self.settings.ready_timeout:g}s (--ready-timeout)"
+            else:
+                why = f"still running {self.settings.stop_timeout:g}s after its signal"
+            self.log.event(
+                Event.KILL,
+                f"worker {gen.pid} (generation {gen.number}) {why}, sending KILL",
+                priority=WARNING,
+                generation=gen.number,
+                pid=gen.pid,
+            )
             self.host.signal(gen.pid, signal.SIGKILL)
         elif state is State.REAPED:
             self.generations.remove(gen)

@@ -55,6 +55,43 @@ def main(argv: list[str] | None = None) -> int:
         help="close a connection idle this long, also while draining (default 5, uvicorn's)",
     )
     parser.add_argument("--log-level", default="info")
+    # uvicorn's own options for an app behind a proxy, passed to uvicorn.Config
+    # as uvicorn's command line would; its socket options have no meaning here.
+    parser.add_argument("--factory", action="store_true", help="the app is a factory of the app")
+    parser.add_argument("--root-path", default="", help="the ASGI root_path (a proxy's prefix)")
+    parser.add_argument(
+        "--proxy-headers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="trust X-Forwarded-For/-Proto from --forwarded-allow-ips (default on, uvicorn's)",
+    )
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        metavar="IPS",
+        help="comma-separated addresses to trust proxy headers from "
+        "(default $FORWARDED_ALLOW_IPS or 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="answer 503 beyond N connections and tasks at once",
+    )
+    parser.add_argument(
+        "--access-log", action=argparse.BooleanOptionalAction, default=True, help="log each request"
+    )
+    parser.add_argument(
+        "--server-header",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send Server: uvicorn",
+    )
+    parser.add_argument(
+        "--date-header", action=argparse.BooleanOptionalAction, default=True, help="send Date:"
+    )
+    parser.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto")
     args = parser.parse_args(argv)
     try:
         import uvicorn
@@ -85,6 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=int(args.timeout_graceful_shutdown),
         timeout_keep_alive=args.timeout_keep_alive,
+        factory=args.factory,
+        root_path=args.root_path,
+        proxy_headers=args.proxy_headers,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        limit_concurrency=args.limit_concurrency,
+        access_log=args.access_log,
+        server_header=args.server_header,
+        date_header=args.date_header,
+        lifespan=args.lifespan,
     )
     server = server_class(config)
     server.on_started = lambda: listener.notify_ready(f"uvicorn {uvicorn.__version__} serving")

@@ -27,8 +27,17 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
             more = message.get("more_body", False)
         await asyncio.sleep(0.02)
         await send({"type": "http.response.body", "body": b"read %6d\n" % size})
+    elif scope["path"].endswith("/scope"):  # what uvicorn made of it (root_path prefixes path)
+        client = scope["client"][0] if scope.get("client") else ""
+        text = f"root_path={scope.get('root_path', '')} client={client}\n"
+        await send({"type": "http.response.body", "body": text.encode()})
     elif scope["path"] == "/pause":  # the seed's 100 ms handler, a body of one length for ab
         await asyncio.sleep(0.1)
         await send({"type": "http.response.body", "body": b"hello\n"})
     else:
         await send({"type": "http.response.body", "body": f"generation {GENERATION}\n".encode()})
+
+
+def make_app():  # type: ignore[no-untyped-def]
+    """The same app from a factory, for uvicorn's --factory."""
+    return app

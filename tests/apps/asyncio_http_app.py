@@ -2,7 +2,8 @@
 on asyncio streams and CPython's own event loop, keeping HTTP/1.1
 connections alive.  Every path reads the request's body, waits 100 ms (the
 seed's handler), then answers "hello"; the generation is in a header, so
-that every body has the same length.
+that every body has the same length.  ``GET /stream`` sends its head and
+"hel" at once and "lo" 0.5 s later (a request a test can see in flight).
 
 With the argument ``close-then-wait`` it stops the obvious way instead of
 ``drain()``: ``server.close()``, then wait for the handlers (the recipe that
@@ -47,6 +48,13 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             except TimeoutError:
                 break  # idle too long
             await reader.readexactly(body_length(head))
+            if head.startswith(b"GET /stream "):  # the head and a first part, the rest later
+                writer.write(HEAD + b"Connection: close\r\n\r\nhel")
+                await writer.drain()
+                await asyncio.sleep(0.5)
+                writer.write(b"lo\n")
+                await writer.drain()
+                break
             await asyncio.sleep(0.1)
             # Once the generation drains, each reply ends its connection:
             # the client knows it, so it never sends into a closing one.

@@ -5,6 +5,7 @@ import (a broken deploy)."""
 
 import os
 import time
+from collections.abc import Iterator
 
 if os.environ.get("WSGI_APP_BROKEN"):
     raise RuntimeError("WSGI_APP_BROKEN is set: this deploy is broken")
@@ -13,6 +14,11 @@ GENERATION = os.environ.get("SERVER_STARTER_GENERATION", "0")
 
 
 def app(environ, start_response):  # type: ignore[no-untyped-def]
+    if environ.get("PATH_INFO") == "/stream":  # its head and a first part, the rest 0.5 s later
+        parts = [b"first part\n", b"second part\n"]
+        length = str(sum(map(len, parts)))
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", length)])
+        return _paused(parts)
     if environ.get("PATH_INFO") == "/slow":
         time.sleep(0.1)
     elif environ.get("PATH_INFO") == "/echo":  # reads the body, answers after 20 ms
@@ -30,3 +36,9 @@ def app(environ, start_response):  # type: ignore[no-untyped-def]
         ],
     )
     return [body]
+
+
+def _paused(parts: list[bytes]) -> Iterator[bytes]:
+    yield parts[0]
+    time.sleep(0.5)
+    yield parts[1]
