@@ -429,21 +429,8 @@ def uvicorn_library(workdir: Path) -> Path:
     return library
 
 
-def ours_running(reference_unit: str, unit: str, command: str) -> str:
-    """Our reference app.service, for another socket unit and worker."""
-    text = reference_unit.replace("app.socket", f"{unit}.socket").replace(
-        "RuntimeDirectory=app", f"RuntimeDirectory={unit}"
-    )
-    return re.sub(
-        r"^ExecStart=.*$",
-        f"ExecStart=/usr/bin/server-starter --require-notify --stop-timeout=80 -- {command}",
-        text,
-        flags=re.M,
-    )
-
-
 def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from machine import SUITES, booted
+    from machine import SUITES, booted, reference_service
 
     debs = workdir / "debs"
     debs.mkdir()
@@ -468,22 +455,19 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
             *debs_inside,
             timeout=300,
         )
-        reference_unit = (ROOT / "units" / "app.service").read_text()
         units = {
             "plain.socket": PLAIN_SOCKET.format(port=8081),
             "plain.service": PLAIN_SERVICE.format(port=8081),
             "gunicorn.socket": PLAIN_SOCKET.format(port=8082),
             "gunicorn.service": GUNICORN_SERVICE.format(args=GUNICORN_ARGS),
             "gapp.socket": PLAIN_SOCKET.format(port=8083),
-            "gapp.service": ours_running(
-                reference_unit,
+            "gapp.service": reference_service(
                 "gapp",
                 "/usr/bin/python3 -m gunicorn -c python:server_starter.gunicorn " + GUNICORN_ARGS,
             )
             + "SystemCallFilter=@setuid\n",
             "uapp.socket": PLAIN_SOCKET.format(port=8084),
-            "uapp.service": ours_running(
-                reference_unit,
+            "uapp.service": reference_service(
                 "uapp",
                 "/usr/bin/python3 -m server_starter.uvicorn --app-dir /srv/apps "
                 "--log-level warning asgi_app:app",

@@ -52,6 +52,7 @@ SUITES = {
     "bookworm": Suite("bookworm", "Debian 12", PACKAGES),
     "trixie": Suite("trixie", "Debian 13", PACKAGES),
 }
+UNITS = Path(__file__).resolve().parent.parent / "units"
 CACHE = Path(os.environ.get("SERVER_STARTER_TEST_CACHE", "/var/cache/server-starter-tests"))
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -104,6 +105,24 @@ def _build_step(command: list[str], building: Path) -> None:
             f"{' '.join(command[:3])}... failed:\n{result.stdout[-3000:]}\n"
             f"{result.stderr[-3000:]}\n{details}"
         )
+
+
+def reference_service(unit: str, command: str) -> str:
+    """The shipped app.service as an operator adapts it to another app: named
+    ``unit`` (its socket ``unit.socket``), running ``command`` under the
+    superdaemon."""
+    text = (
+        (UNITS / "app.service")
+        .read_text()
+        .replace("app.socket", f"{unit}.socket")
+        .replace("RuntimeDirectory=app", f"RuntimeDirectory={unit}")
+    )
+    return re.sub(
+        r"^ExecStart=.*$",
+        f"ExecStart=/usr/bin/server-starter --require-notify --stop-timeout=80 -- {command}",
+        text,
+        flags=re.M,
+    )
 
 
 class Machine:

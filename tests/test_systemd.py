@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from machine import SUITES, Machine, booted, prepare
+from machine import SUITES, Machine, booted, prepare, reference_service
 from server_starter.uvicorn_drain import MINIMUM_UVICORN
 from support import (
     ROOT,
@@ -696,17 +696,9 @@ def install_app(
         .read_text()
         .replace("ListenStream=8080", "\n".join(f"ListenStream={where}" for where in listen))
     )
-    service_unit = re.sub(
-        r"^ExecStart=.*$",
-        f"ExecStart=/usr/bin/server-starter --require-notify --stop-timeout=80 -- {command}",
-        (ROOT / "units" / "app.service")
-        .read_text()
-        .replace("app.socket", f"{unit}.socket")
-        .replace("RuntimeDirectory=app", f"RuntimeDirectory={unit}"),
-        flags=re.M,
-    )
+    service_unit = reference_service(unit, command) + service_extra
     machine.run("tee", f"/etc/systemd/system/{unit}.socket", input=socket_unit)
-    machine.run("tee", f"/etc/systemd/system/{unit}.service", input=service_unit + service_extra)
+    machine.run("tee", f"/etc/systemd/system/{unit}.service", input=service_unit)
     machine.run("systemctl", "daemon-reload")
 
 
