@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .control import ControlError, control_socket_path, request, stop
+from .control import ControlError, control_socket_path, no_superdaemon_for, request, stop
 from .environment import PortVariableError
 from .serve import StartupError, UsageError, serve
 from .settings import (
@@ -238,25 +238,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return namespace
 
 
-def no_superdaemon_for(pid_file: str) -> str:
-    """Why no start_server answers for ``pid_file``: said of the file the
-    user named, not of the control socket derived from it."""
-    try:
-        with open(pid_file) as file:
-            pid = int(file.read().strip())
-    except FileNotFoundError:
-        return f"no start_server runs with --pid-file {pid_file} (the file does not exist)"
-    except (OSError, ValueError):
-        return f"{pid_file} names no start_server (not a pid file of one)"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return f"start_server (pid {pid}) of {pid_file} is not running: a stale pid file"
-    except PermissionError:
-        pass
-    return f"start_server (pid {pid}) of {pid_file} has no control socket {pid_file}.sock"
-
-
 def run(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     if args.version:
@@ -276,8 +257,9 @@ def run(argv: Sequence[str]) -> int:
         if restart_timeout is None:
             restart_timeout = DEFAULTS["restart_timeout"]
         command = "reload" if args.restart else "upgrade"
-        if control_path == f"{args.pid_file}.sock" and not os.path.exists(control_path):
-            raise ControlError(f"{option}: {no_superdaemon_for(args.pid_file)}")
+        beside_pid_file = control_path == control_socket_path(None, args.pid_file, {})
+        if beside_pid_file and not os.path.exists(control_path):
+            raise ControlError(f"{option}: {no_superdaemon_for(args.pid_file, control_path)}")
         message = request(control_path, command, restart_timeout)
         print(f"start_server: {message}", file=sys.stderr)
         return 0

@@ -117,6 +117,24 @@ def read_pid(path: str) -> int:
     return int(text)
 
 
+def no_superdaemon_for(pid_file: str, control_path: str) -> str:
+    """Why no start_server answers at ``control_path``, the socket beside
+    ``pid_file``: said of the file the user named, not of the socket."""
+    if not os.path.exists(pid_file):
+        return f"no start_server runs with --pid-file {pid_file} (the file does not exist)"
+    try:
+        pid = read_pid(pid_file)
+    except ControlError:
+        return f"{pid_file} names no start_server (not a pid file of one)"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"start_server (pid {pid}) of {pid_file} is not running: a stale pid file"
+    except PermissionError:
+        pass  # alive, another user's
+    return f"start_server (pid {pid}) of {pid_file} has no control socket {control_path}"
+
+
 # -- status file --------------------------------------------------------------
 
 
