@@ -36,6 +36,38 @@ def draining_classes() -> tuple[type[Any], type[Any]]:
     return DrainingH11Protocol, DrainingServer
 
 
+def _switch(meaning: str) -> dict[str, Any]:
+    return {"action": argparse.BooleanOptionalAction, "default": True, "help": meaning}
+
+
+# uvicorn's own options for an app behind a proxy, each passed to
+# uvicorn.Config under its name, as uvicorn's command line would; its socket
+# and process options have no meaning here.
+UVICORN_OPTIONS: dict[str, dict[str, Any]] = {
+    "factory": {"action": "store_true", "help": "the app is a factory of the app"},
+    "root_path": {"default": "", "help": "the ASGI root_path (a proxy's prefix)"},
+    "proxy_headers": _switch(
+        "trust X-Forwarded-For/-Proto from --forwarded-allow-ips (default on, uvicorn's)"
+    ),
+    "forwarded_allow_ips": {
+        "default": None,
+        "metavar": "IPS",
+        "help": "comma-separated addresses to trust proxy headers from "
+        "(default $FORWARDED_ALLOW_IPS or 127.0.0.1)",
+    },
+    "limit_concurrency": {
+        "type": int,
+        "default": None,
+        "metavar": "N",
+        "help": "answer 503 beyond N connections and tasks at once",
+    },
+    "access_log": _switch("log each request"),
+    "server_header": _switch("send Server: uvicorn"),
+    "date_header": _switch("send Date:"),
+    "lifespan": {"choices": ("auto", "on", "off"), "default": "auto"},
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m server_starter.uvicorn")
     parser.add_argument("app", help="the ASGI app, as module:attribute")
@@ -55,43 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         help="close a connection idle this long, also while draining (default 5, uvicorn's)",
     )
     parser.add_argument("--log-level", default="info")
-    # uvicorn's own options for an app behind a proxy, passed to uvicorn.Config
-    # as uvicorn's command line would; its socket options have no meaning here.
-    parser.add_argument("--factory", action="store_true", help="the app is a factory of the app")
-    parser.add_argument("--root-path", default="", help="the ASGI root_path (a proxy's prefix)")
-    parser.add_argument(
-        "--proxy-headers",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="trust X-Forwarded-For/-Proto from --forwarded-allow-ips (default on, uvicorn's)",
-    )
-    parser.add_argument(
-        "--forwarded-allow-ips",
-        default=None,
-        metavar="IPS",
-        help="comma-separated addresses to trust proxy headers from "
-        "(default $FORWARDED_ALLOW_IPS or 127.0.0.1)",
-    )
-    parser.add_argument(
-        "--limit-concurrency",
-        type=int,
-        default=None,
-        metavar="N",
-        help="answer 503 beyond N connections and tasks at once",
-    )
-    parser.add_argument(
-        "--access-log", action=argparse.BooleanOptionalAction, default=True, help="log each request"
-    )
-    parser.add_argument(
-        "--server-header",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="send Server: uvicorn",
-    )
-    parser.add_argument(
-        "--date-header", action=argparse.BooleanOptionalAction, default=True, help="send Date:"
-    )
-    parser.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto")
+    for name, spec in UVICORN_OPTIONS.items():
+        parser.add_argument("--" + name.replace("_", "-"), **spec)
     args = parser.parse_args(argv)
     try:
         import uvicorn
@@ -122,15 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=int(args.timeout_graceful_shutdown),
         timeout_keep_alive=args.timeout_keep_alive,
-        factory=args.factory,
-        root_path=args.root_path,
-        proxy_headers=args.proxy_headers,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-        limit_concurrency=args.limit_concurrency,
-        access_log=args.access_log,
-        server_header=args.server_header,
-        date_header=args.date_header,
-        lifespan=args.lifespan,
+        **{name: getattr(args, name) for name in UVICORN_OPTIONS},
     )
     server = server_class(config)
     server.on_started = lambda: listener.notify_ready(f"uvicorn {uvicorn.__version__} serving")
