@@ -38,6 +38,7 @@ APP = ["--", sys.executable, "-c", "pass"]
         (["--port=65536"], "port must be 1 to 65535"),
         (["--port=[::1:80"], "unbalanced brackets"),
         (["--port=abc"], "invalid --port value 'abc'"),
+        (["--port=http://localhost:8080"], "--port takes PORT or HOST:PORT, not a URL"),
         (["--port=8080=1"], "descriptor 1 is stdout, where start_server logs; pin to 0"),
         (["--port=127.0.0.1:{p}", "--port=127.0.0.1:{p}"], "is given twice"),
         (["--port=127.0.0.1:{p}=9", "--port=127.0.0.1:{q}=9"], "descriptor 9 is pinned twice"),
@@ -86,6 +87,23 @@ def test_not_executable_program(tmp_path: Path) -> None:
     result = run_start_server(f"--port=127.0.0.1:{free_port()}", "--", str(script))
     assert result.returncode == 2
     assert result.stderr == f"start_server: server program {script}: not executable (see --help)\n"
+
+
+def test_no_socket_at_all_is_warned_of_and_runs_as_perl_would(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    argv = [
+        START_SERVER,
+        f"--status-file={status}",
+        "--",
+        sys.executable,
+        "-c",
+        "import os, time; print('port=' + os.environ['SERVER_STARTER_PORT']); time.sleep(60)",
+    ]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(
+            r"warning: no --port or --path given .* the workers get no listening socket"
+        )
+        daemon.wait_for(r"^port=$")
 
 
 def test_port_in_use_and_non_socket_path(tmp_path: Path) -> None:

@@ -55,6 +55,12 @@ def test_port_grammar_rejects(text: str) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("text", ["http://localhost:8080", "https://[::1]:8443/", "tcp://0:80"])
+def test_a_url_is_refused_as_a_url(text: str) -> None:
+    with pytest.raises(SocketError, match="takes PORT or HOST:PORT, not a URL"):
+        parse_port(text)
+
+
 def test_path_rejects_too_long_and_separators() -> None:
     with pytest.raises(SocketError, match="longer than"):
         parse_path("/tmp/" + "x" * 200)

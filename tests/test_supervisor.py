@@ -11,6 +11,8 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from server_starter.journal import EventLog
 from server_starter.notify import parse
 from server_starter.settings import Settings
@@ -330,6 +332,23 @@ def test_a_failed_start_keeps_the_old_generation_and_says_why() -> None:
     assert "hint: worker" in rig.log
 
 
+@pytest.mark.parametrize(
+    ("status", "why"),
+    [
+        (2 << 8, "exit code 2"),  # a usage error: its message says why
+        (127 << 8, "exit code 127"),  # command not found
+        (126 << 8, "exit code 126"),  # not executable
+        (signal.SIGSEGV, "killed by SIGSEGV"),
+    ],
+)
+def test_an_exit_with_a_reason_of_its_own_gets_no_bind_hint(status: int, why: str) -> None:
+    rig = Rig().serving()
+    rig.supervisor.on_request("reload", Answers())
+    rig.exit(2, status=status)
+    assert f"failed to start, exit status:{status} ({why})" in rig.log
+    assert "hint: worker" not in rig.log
+
+
 def test_spawn_error_is_a_failed_start_with_its_reason() -> None:
     rig = Rig().serving()
     rig.host.spawn_error = "failed to exec app: No such file or directory"
@@ -465,6 +484,16 @@ def test_ctrl_c_sends_term_whatever_signal_on_term_says() -> None:
     rig = Rig(signal_on_term=signal.SIGUSR1).serving()
     rig.supervisor.on_signal(signal.SIGINT)
     assert rig.host.signals == [(rig.pid(1), TERM)]
+
+
+def test_a_stop_between_two_attempts_says_no_worker_runs() -> None:
+    rig = Rig()
+    rig.supervisor.start()
+    rig.exit(1, status=256)  # failed; the next attempt waits for its backoff
+    rig.supervisor.on_signal(signal.SIGTERM)
+    assert "received TERM, no worker running\n" in rig.log
+    assert "to all workers" not in rig.log
+    assert rig.supervisor.finished
 
 
 def test_unknown_requests_are_refused() -> None:

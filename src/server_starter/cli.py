@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--signal-on-term",
         type=_signal,
         metavar="SIGNAL",
-        help="signal sent to the workers when start_server gets TERM (default TERM)",
+        help="signal sent to the workers when start_server gets TERM (default TERM); "
+        "INT and QUIT always send TERM, as in Perl's start_server",
     )
     add("--pid-file", metavar="FILE", help="write start_server's pid here (locked while it runs)")
     add("--status-file", metavar="FILE", help="write GEN:PID of every live worker here")

@@ -268,6 +268,14 @@ def _open_listeners(args: argparse.Namespace) -> tuple[list[Listener], bool]:
     if inherited is not None:
         check_specs_match(inherited, specs)
         return inherited, False
+    if not specs:
+        # Legal (Perl allows it, for workers that listen on nothing), but far
+        # more often a forgotten option than a wish.
+        print(
+            "start_server: warning: no --port or --path given and no sockets from systemd "
+            "(LISTEN_FDS): the workers get no listening socket",
+            file=sys.stderr,
+        )
     backlog = args.backlog if args.backlog is not None else socket.SOMAXCONN
     listeners = bind_all(specs, backlog, args.path_mode)
     for spec in specs:

@@ -102,6 +102,11 @@ def parse_port(value: str) -> PortSpec:
     if value.count("[") != value.count("]") or value.count("[") > 1:
         # Perl's pattern reads "[::1:80" as host "::1", port 80: reject instead.
         raise SocketError(f"invalid --port value {value!r}: unbalanced brackets")
+    if "://" in value:
+        # An easy slip when copying an address from a browser or a proxy's config.
+        raise SocketError(
+            f"invalid --port value {value!r}: --port takes PORT or HOST:PORT, not a URL"
+        )
     match = _BARE_PORT.match(value)
     if match:
         udp, port_text, fd_text = match.groups()

@@ -37,10 +37,14 @@ from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
 from .settings import SettingError, Settings, Tunables, signal_name
 from .spawn import SpawnError
 
-# A worker that exits this soon after its spawn with a failure most often
-# could not bind: it binds the port itself instead of using the inherited
-# sockets.  The hint costs nothing when it is wrong.
+# A worker that exits this soon after its spawn with a failure often could
+# not bind: it binds the port itself instead of using the inherited sockets.
+# Its output goes straight to our stderr or the journal, unread by us, so
+# the hint is worded as a condition, and left out for the exits that have a
+# reason of their own: a signal, a usage error (2), a command that cannot
+# run (126, 127).
 QUICK_EXIT_SECONDS = 2.0
+EXPLAINED_EXIT_CODES = frozenset({2, 126, 127})
 
 # Signals that end the superdaemon.  INT and QUIT drain like TERM (with
 # TERM sent to the workers), so a Ctrl-C or Ctrl-\ never orphans a worker.
@@ -381,7 +385,9 @@ class Supervisor:
         self.log.event(
             Event.STOP,
             f"received {signal_name(received)}, sending {signal_name(to_send)} "
-            f"to all workers:{self._pid_list(alive)}",
+            f"to all workers:{self._pid_list(alive)}"
+            if alive
+            else f"received {signal_name(received)}, no worker running",
         )
         self._settle_reloads()
         for gen in alive:
@@ -531,7 +537,7 @@ class Supervisor:
             return f"no READY=1 within {self.settings.ready_timeout:g}s (--ready-timeout), killed"
         lived = self.host.now() - gen.spawned_at
         # The hint once per streak of failures, not at every retry.
-        if lived < QUICK_EXIT_SECONDS and status != 0 and self.failures == 0:
+        if lived < QUICK_EXIT_SECONDS and self.failures == 0 and _may_have_bound(status):
             self.log.line(
                 f"hint: worker {gen.pid} exited {lived:.2f}s after its start; if it "
                 "reported 'Address already in use', it binds the port itself instead "
@@ -793,3 +799,11 @@ class Supervisor:
         self.reloads = [reload_from(r) for r in data["reloads"]]  # type: ignore[attr-defined]
         following = data["next_reload"]
         self.next_reload = reload_from(following) if following else None  # type: ignore[arg-type]
+
+
+def _may_have_bound(status: int) -> bool:
+    """Whether an early exit with this wait status may be a failed bind."""
+    if not os.WIFEXITED(status):
+        return False
+    code = os.WEXITSTATUS(status)
+    return code != 0 and code not in EXPLAINED_EXIT_CODES
