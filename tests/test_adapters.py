@@ -156,6 +156,11 @@ def _get(sock: socket.socket) -> tuple[int, bool]:
     return int(response.headers["x-server-starter-generation"]), response.will_close
 
 
+def _at_info_level(command: list[str]) -> list[str]:
+    """gunicorn logs a failed close of a socket at INFO: let it say so."""
+    return ["--log-level=info" if arg == "--log-level=warning" else arg for arg in command]
+
+
 @pytest.mark.parametrize("name", KEEP_ALIVE_SERVERS)
 def test_a_retiring_generation_serves_its_connections_then_ends_them(name: str) -> None:
     """The drain's rule: a request on a retiring generation's connection is
@@ -166,7 +171,7 @@ def test_a_retiring_generation_serves_its_connections_then_ends_them(name: str) 
     port = free_port()
     argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--require-notify", "--"]
     with (
-        running([*argv, *KEEP_ALIVE_SERVERS[name]], env=worker_env()) as daemon,
+        running([*argv, *_at_info_level(KEEP_ALIVE_SERVERS[name])], env=worker_env()) as daemon,
         socket.socket() as used,
         socket.socket() as idle,
     ):
@@ -188,6 +193,8 @@ def test_a_retiring_generation_serves_its_connections_then_ends_them(name: str) 
         assert idle.recv(1) == b""  # once idle for its keep-alive timeout (bound: 20 s)
         daemon.wait_for(r"^old worker \d+ died, status:0 ", timeout=20)
         assert generation_of(port) == 2
+        # gunicorn's close of a descriptor uvloop had closed already
+        assert "Error while closing socket" not in daemon.output()
 
 
 @pytest.mark.parametrize(

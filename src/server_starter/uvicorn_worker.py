@@ -38,6 +38,11 @@ class UvicornWorker(_UvicornWorker):
         self.config.app = self.wsgi
         server = DrainingServer(config=self.config)
         self._install_sigquit_handler()
-        await server.serve(sockets=self.sockets)
+        # uvloop closes the descriptor of a socket it serves but leaves the
+        # object holding its number, so gunicorn's own close at the worker's
+        # exit failed with EBADF, logged on every reload (and, had the number
+        # been reused meanwhile, would close another file): uvicorn serves
+        # duplicates of its own.
+        await server.serve(sockets=[sock.dup() for sock in self.sockets])
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
