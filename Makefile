@@ -8,7 +8,8 @@ PORT ?= 8080
 deps:
 	@scripts/install-deps.sh
 
-demo: deps
+demo:
+	@scripts/install-deps.sh demo
 	@echo "Serving the example app on http://localhost:$(PORT)/ under start_server."
 	@echo "  reload:  kill -HUP \$$(cat demo.pid)   or   $(BIN)/start_server --restart --pid-file demo.pid"
 	@echo "  stop:    Ctrl-C (drains in-flight requests)"

@@ -1,15 +1,24 @@
 #!/bin/sh
-# Install what the demo and the tests need on Debian 12 (bookworm), then the
-# project's virtual environment.  Safe to run again: it installs only what is
-# missing.
+# Install what the demo, the tests or the benchmark need on Debian 12
+# (bookworm), then the project's virtual environment.  Safe to run again:
+# it installs only what is missing.
+#
+#   scripts/install-deps.sh demo    the demo alone: python3, its venv, curl
+#   scripts/install-deps.sh         everything the tests and `make deb` need
+#   scripts/install-deps.sh bench   that, and what `make bench` adds
 set -eu
+WHAT="${1:-test}"
 
-# Runtime and tests: Debian's python3 with python3-systemd, Perl's
-# start_server to compare with, ab for load, systemd-socket-activate.
-SYSTEM_PACKAGES="python3 python3-venv python3-systemd libserver-starter-perl apache2-utils curl systemd"
-# gunicorn as Debian ships it (20.1), tested beside the newest from PyPI;
-# uvloop, the event loop the example app runs on when it is installed.
-SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-gunicorn python3-uvloop"
+# The demo: Debian's python3 (what the package runs on) with python3-systemd
+# (the package's dependency) and python3-uvloop (the example app's loop,
+# recommended by its package), and curl for the README's quick start.
+SYSTEM_PACKAGES="python3 python3-venv python3-systemd python3-uvloop curl"
+if [ "$WHAT" != demo ]; then
+# The tests: Perl's start_server to compare with, ab for load,
+# systemd-socket-activate.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES libserver-starter-perl apache2-utils systemd"
+# gunicorn as Debian ships it (20.1), tested beside the newest from PyPI.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-gunicorn"
 # Clients people run under start_server, proven in the tests: Starman (PSGI,
 # through Net::Server::SS::PreFork), and the sdnotify readiness library.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES starman libnet-server-ss-prefork-perl python3-sdnotify"
@@ -19,14 +28,15 @@ SYSTEM_PACKAGES="$SYSTEM_PACKAGES starman libnet-server-ss-prefork-perl python3-
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES nginx haproxy wrk python3-aiohttp"
 # make deb: building the packages offline, and checking them.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES dpkg-dev debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian"
-# End-to-end tests: a bookworm root file system booted with systemd-nspawn.
+# End-to-end tests: Debian 12 and 13 root file systems booted with systemd-nspawn.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES systemd-container debootstrap"
 # make bench: its plot.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-matplotlib"
 # make bench (scripts/install-deps.sh bench): Go, for the seed's Go program
 # beside our apps behind nginx.
-if [ "${1:-}" = bench ]; then
+if [ "$WHAT" = bench ]; then
     SYSTEM_PACKAGES="$SYSTEM_PACKAGES golang-go"
+fi
 fi
 
 missing=""
@@ -46,6 +56,11 @@ fi
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
+if [ ! -f .venv/.installed-demo ] || [ pyproject.toml -nt .venv/.installed-demo ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -e .
+    touch .venv/.installed-demo
+fi
+[ "$WHAT" = demo ] && exit 0
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e . \
         pytest pytest-timeout hypothesis ruff mypy uvicorn "aiohttp>=3.9"
