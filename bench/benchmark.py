@@ -1,7 +1,7 @@
 """make bench: every contender on the same app, the same load and the same
 machine, in one run.
 
-Scenarios (see the README, "Benchmark"):
+Scenarios (see docs/measurements.md, "Benchmark"):
 
 1. reference: ``ab -r -n N -c C`` on the example app's /slow (writes
    "Hello, ", flushes, sleeps 100 ms, writes the rest) while a reload is
@@ -32,7 +32,7 @@ Scenarios (see the README, "Benchmark"):
    (``bench/seed/main.go``, ``http.Server.Shutdown``).
 
 Writes ``<out>/<date>.json`` and ``<out>/<date>.png`` (latency over time,
-reloads marked) and, unless --smoke, the README's table.
+reloads marked) and, unless --smoke, the table of docs/measurements.md.
 """
 
 from __future__ import annotations
@@ -831,13 +831,14 @@ README_END = "<!-- bench:end -->"
 
 
 def update_readme(table: str, plot_path: Path) -> None:
-    readme = ROOT / "README.md"
+    """Rewrite the table of docs/measurements.md, where the README's figures live."""
+    readme = ROOT / "docs" / "measurements.md"
     text = readme.read_text()
     if README_START not in text:
         return
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    image = f"![latency over time]({plot_path.relative_to(ROOT)})\n"
+    image = f"![latency over time](../{plot_path.relative_to(ROOT)})\n"
     readme.write_text(f"{head}{README_START}\n{table}\n{image}{README_END}{tail}")
 
 
