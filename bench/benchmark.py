@@ -298,7 +298,7 @@ def behind_nginx(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
         (f"{gunicorn} gthread, --keep-alive 30 (WSGI)", gthread, "/echo"),
     ]
     if profile["go"]:
-        rows.append(("the seed's Go program (Shutdown)", build_seed(workdir), "/echo"))
+        rows.append(("Go net/http program, bench/seed (Shutdown)", build_seed(workdir), "/echo"))
     seconds = profile["proxy_seconds"]
     contenders: dict[str, Any] = {}
     for name, app, path in rows:

@@ -163,3 +163,54 @@ def test_auto_restart_replaces_the_worker_periodically(tmp_path: Path) -> None:
         daemon.wait_for(r"\(generation 2\) is ready")
         daemon.wait_for(r"^old worker \d+ died")
         assert generation_of(port) >= 2
+
+
+def test_a_release_deployed_by_swapping_a_symlink_serves_after_a_reload(tmp_path: Path) -> None:
+    """The README's deploy: --dir names a symlink to the current release;
+    each generation starts in the directory it points to when it starts.
+    A release that cannot start fails the reload and the old one serves."""
+    releases = tmp_path / "releases"
+    launcher = (
+        "import os, runpy\n"
+        "os.environ['EXAMPLE_APP_MESSAGE'] = os.path.basename(os.getcwd())\n"
+        "runpy.run_module('server_starter.example_app', run_name='__main__')\n"
+    )
+    for name, program in [
+        ("one", launcher),
+        ("two", launcher),
+        ("broken", "raise SystemExit(3)\n"),
+    ]:
+        (releases / name).mkdir(parents=True)
+        (releases / name / "app.py").write_text(program)
+    current = tmp_path / "current"
+
+    def deploy(name: str) -> None:  # atomically, as the README shows
+        (tmp_path / "current.new").symlink_to(releases / name)
+        (tmp_path / "current.new").rename(current)
+
+    deploy("one")
+    port, pid_file = free_port(), tmp_path / "pid"
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--pid-file={pid_file}",
+        f"--dir={current}",
+        "--require-notify",
+        "--",
+        sys.executable,
+        "app.py",
+    ]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready")
+        assert http_get(port)[2].startswith("one from")
+        deploy("two")
+        assert restart(pid_file).returncode == 0
+        assert http_get(port)[2].startswith("two from")
+        deploy("broken")
+        failed = restart(pid_file)
+        assert failed.returncode == 1
+        assert "exit code 3" in failed.stderr
+        assert http_get(port)[2].startswith("two from")  # the old release serves on
+        deploy("two")  # rolled back
+        assert restart(pid_file).returncode == 0
+        assert http_get(port)[2].startswith("two from")
