@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +20,12 @@ from pathlib import Path
 import pytest
 
 from support import (
+    APPS,
     START_SERVER,
+    KeepAliveLoad,
+    aborted_on_close,
     free_port,
+    http_get,
     reloading,
     reloads_done,
     restart,
@@ -42,10 +47,45 @@ def readme_blocks() -> dict[str, str]:
 
 BLOCKS = readme_blocks()
 RECIPES = ["asyncio-recipe", "http-server-recipe"]
+# Each command block, the test app that stands for its ``myapp``, and the
+# port the command names.
+COMMANDS = {
+    "gunicorn-command": ("wsgi_app.py", 8000),
+    "uvicorn-commands": ("asgi_app.py", 8000),
+    "aiohttp-command": ("aiohttp_app.py", 8080),
+}
 
 
-def test_every_marked_block_is_run_here() -> None:
-    assert set(BLOCKS) == {"quick-start-serve", "quick-start-reload", *RECIPES}
+def test_every_fenced_block_is_marked_and_every_marked_block_is_run_here() -> None:
+    text = (ROOT / "README.md").read_text()
+    fenced = len(re.findall(r"^```\w*\n.*?^```$", text, re.M | re.S))
+    unmarked = fenced - len(BLOCKS)
+    assert set(BLOCKS) == {
+        "quick-start-serve",
+        "quick-start-reload",
+        "listener-api",
+        "starman-command",
+        "proxy-settings",
+        "keep-alive-recipe",
+        *RECIPES,
+        *COMMANDS,
+    }
+    # What is left is run in the booted systemd (test_systemd.py) or is not
+    # a command: the unit lines for gunicorn, the units' copy for your own
+    # app, the template units' commands, the deploy's directory layout.
+    assert unmarked == 4, unmarked
+
+
+def commands_of(block: str) -> list[str]:
+    """A shell block's commands, each continued line joined."""
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def as_a_user_runs_it() -> dict[str, str]:
+    """The environment of a user who has activated the project's venv."""
+    env = worker_env()
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    return env
 
 
 def test_the_quick_start_as_written() -> None:
@@ -107,3 +147,124 @@ def test_a_recipe_as_written_reloads_under_load_without_a_failure(
     assert figures["requests"] == 6000
     assert (figures["failed"], figures["non_2xx"], figures["resets"]) == (0, 0, 0), figures
     assert reloads >= 3
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_an_adapter_command_as_written_reloads_under_load_without_a_failure(
+    name: str, tmp_path: Path
+) -> None:
+    app, port = COMMANDS[name]
+    (tmp_path / "myapp.py").write_text((APPS / app).read_text())
+    commands = commands_of(BLOCKS[name])
+    assert commands
+    for command in commands:
+        shell = ["sh", "-c", f"exec {command}"]
+        with running(shell, env=as_a_user_runs_it(), cwd=tmp_path) as daemon:
+            daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)", timeout=60)
+            resets_before = aborted_on_close()
+            with KeepAliveLoad(port, "/", threads=40) as load:
+                for number in range(2, 5):
+                    daemon.signal(signal.SIGHUP)
+                    daemon.wait_for(rf"\(generation {number}\) is ready", timeout=60)
+                    daemon.wait_for(r"^old worker \d+ died", count=number - 1, timeout=60)
+            resets = aborted_on_close() - resets_before
+            daemon.signal(signal.SIGTERM)
+            assert daemon.wait() == 0
+        assert "Traceback" not in daemon.output()
+        assert load.failures == [], (command, load.failures[:5])
+        assert (load.clean_closes, resets) == (0, 0), command
+        assert load.served > 100, command
+
+
+def test_the_keep_alive_recipe_serves_kept_alive_clients_across_reloads(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(BLOCKS["keep-alive-recipe"])
+    port, pid_file = free_port(), tmp_path / "pid"
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--pid-file={pid_file}",
+        f"--dir={tmp_path}",
+        "--require-notify",
+        "--",
+        sys.executable,
+        "app.py",
+    ]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
+        with KeepAliveLoad(port, "/", threads=40) as load:
+            for _ in range(4):
+                assert restart(pid_file).returncode == 0
+            daemon.wait_for(r"^old worker \d+ died", count=4, timeout=30)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    assert load.failures == [], load.failures[:5]
+    assert load.clean_closes == 0  # no connection ended under a request
+    assert load.served > 100
+    assert load.connections < load.served  # connections were reused
+
+
+def test_the_listener_api_as_written(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(BLOCKS["listener-api"])
+    port = free_port()
+    argv = [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--dir={tmp_path}",
+        "--require-notify",
+        "--",
+        sys.executable,
+        "app.py",
+    ]
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
+        daemon.wait_for(rf"^\{{'127.0.0.1:{port}': 3\}}$")
+    assert "Traceback" not in daemon.output()
+
+
+@pytest.mark.skipif(shutil.which("starman") is None, reason="Debian's starman is not installed")
+def test_the_starman_command_as_written(tmp_path: Path) -> None:
+    (tmp_path / "app.psgi").write_text((APPS / "hello.psgi").read_text())
+    [command] = commands_of(BLOCKS["starman-command"])
+    shell = ["sh", "-c", f"exec {command}"]
+    with running(shell, env=as_a_user_runs_it(), cwd=tmp_path) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready", timeout=60)
+        assert http_get(8080)[0] == 200
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for(r"\(generation 2\) is ready", timeout=60)
+        daemon.wait_for(r"^old worker \d+ died", timeout=60)
+        assert http_get(8080)[0] == 200
+
+
+def test_the_proxy_settings_as_written_are_valid_for_nginx_and_haproxy(tmp_path: Path) -> None:
+    nginx_part, haproxy_part = BLOCKS["proxy-settings"].split("# HAProxy\n")
+    nginx_conf = tmp_path / "nginx.conf"
+    temp = " ".join(
+        f"{kind}_temp_path {tmp_path}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    nginx_conf.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n{temp}\naccess_log off;\n{nginx_part}}}\n"
+    )
+    nginx = subprocess.run(
+        ["nginx", "-t", "-q", "-c", str(nginx_conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert nginx.returncode == 0, nginx.stderr
+    haproxy_conf = tmp_path / "haproxy.cfg"
+    haproxy_conf.write_text(
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n"
+        "    timeout server 60s\nfrontend web\n    bind 127.0.0.1:8081\n    default_backend app\n"
+        + haproxy_part
+    )
+    haproxy = subprocess.run(
+        ["haproxy", "-c", "-q", "-f", str(haproxy_conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert haproxy.returncode == 0, haproxy.stdout + haproxy.stderr
