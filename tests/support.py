@@ -90,6 +90,18 @@ GUNICORN_UVICORN = gunicorn_uvicorn()
 KEEP_ALIVE_SERVERS = keep_alive_servers()
 
 
+README_BLOCK = re.compile(r"^<!-- readme-test: ([\w-]+) -->\n```(\w*)\n(.*?)^```$", re.M | re.S)
+
+
+def readme_blocks() -> dict[str, str]:
+    """The README's fenced blocks marked ``<!-- readme-test: NAME -->``, by
+    name, verbatim: what the tests run as the README shows it."""
+    text = (ROOT / "README.md").read_text()
+    blocks = {name: body for name, _, body in README_BLOCK.findall(text)}
+    assert len(blocks) == text.count("<!-- readme-test:"), "a marker not followed by a block"
+    return blocks
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

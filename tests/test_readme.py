@@ -1,4 +1,5 @@
-"""The README's quick start and recipes run as written.
+"""The README's quick start and recipes run as written (its systemd
+commands run in the booted systemd, test_systemd.py).
 
 A fenced block preceded by ``<!-- readme-test: NAME -->`` is taken from the
 README verbatim: the quick start's commands are run in a shell in the
@@ -26,6 +27,7 @@ from support import (
     aborted_on_close,
     free_port,
     http_get,
+    readme_blocks,
     reloading,
     reloads_done,
     restart,
@@ -35,18 +37,9 @@ from support import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-MARKER = re.compile(r"^<!-- readme-test: ([\w-]+) -->\n```(\w*)\n(.*?)^```$", re.M | re.S)
-
-
-def readme_blocks() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
-    blocks = {name: body for name, _, body in MARKER.findall(text)}
-    assert len(blocks) == text.count("<!-- readme-test:"), "a marker not followed by a block"
-    return blocks
-
-
 BLOCKS = readme_blocks()
 RECIPES = ["asyncio-recipe", "http-server-recipe"]
+BOOTED = ["template-units", "gunicorn-unit-lines"]  # run by test_systemd.py
 # Each command block, the test app that stands for its ``myapp``, and the
 # port the command names.
 COMMANDS = {
@@ -68,12 +61,13 @@ def test_every_fenced_block_is_marked_and_every_marked_block_is_run_here() -> No
         "proxy-settings",
         "keep-alive-recipe",
         *RECIPES,
+        *BOOTED,
         *COMMANDS,
     }
-    # What is left is run in the booted systemd (test_systemd.py) or is not
-    # a command: the unit lines for gunicorn, the units' copy for your own
-    # app, the template units' commands, the deploy's directory layout.
-    assert unmarked == 4, unmarked
+    # What is left is no command: the copy of the units for your own app
+    # (the booted tests install them their own way) and the deploy's
+    # directory layout (test_reload.py deploys so).
+    assert unmarked == 2, unmarked
 
 
 def commands_of(block: str) -> list[str]:

@@ -33,6 +33,7 @@ from support import (
     build_debs,
     http_get,
     keep_alive_servers,
+    readme_blocks,
     reloading,
     report,
     run_ab,
@@ -686,17 +687,27 @@ GUNICORN_SOCKET = "/run/gapp.sock"
 
 
 def install_app(
-    machine: Machine, unit: str, listen: list[str], command: str, service_extra: str = ""
+    machine: Machine,
+    unit: str,
+    listen: list[str],
+    command: str = "",
+    service_extra: str = "",
+    unit_lines: str | None = None,
 ) -> None:
     """The shipped app.socket and app.service, renamed to ``unit``, listening
     on ``listen`` and running ``command`` under the superdaemon, as an
-    operator adapts them; loaded, not started."""
+    operator adapts them (or with ``unit_lines`` in ExecStart='s place);
+    loaded, not started."""
     socket_unit = (
         (ROOT / "units" / "app.socket")
         .read_text()
         .replace("ListenStream=8080", "\n".join(f"ListenStream={where}" for where in listen))
     )
     service_unit = reference_service(unit, command) + service_extra
+    if unit_lines is not None:  # its ExecStart= in place, the rest at the end
+        exec_start, _, rest = unit_lines.partition("\n")
+        service_unit = re.sub(r"^ExecStart=.*$", lambda _: exec_start, service_unit, flags=re.M)
+        service_unit += rest
     machine.run("tee", f"/etc/systemd/system/{unit}.socket", input=socket_unit)
     machine.run("tee", f"/etc/systemd/system/{unit}.service", input=service_unit)
     machine.run("systemctl", "daemon-reload")
@@ -707,15 +718,16 @@ def test_gunicorn_from_debian_under_systemd(
 ) -> None:
     """The reference units with ExecStart= running Debian's python3-gunicorn,
     on a TCP and a unix socket."""
-    # gunicorn's workers call setuid() with their own uid, which ~@privileged
-    # forbids: allow the @setuid group again (README, "Running a Python web app").
+    # The README's lines for gunicorn, as written: its ExecStart= for
+    # /srv/myapp/myapp.py, and SystemCallFilter=@setuid (gunicorn's workers
+    # call setuid() with their own uid, which ~@privileged forbids).
+    machine.run("mkdir", "-p", "/srv/myapp")
+    machine.run("cp", "/srv/apps/wsgi_app.py", "/srv/myapp/myapp.py")
     install_app(
         machine,
         "gapp",
         [f"127.0.0.1:{GUNICORN_PORT}", GUNICORN_SOCKET],
-        "/usr/bin/python3 -m gunicorn -c python:server_starter.gunicorn --chdir /srv/apps "
-        "-w 4 wsgi_app:app",
-        "SystemCallFilter=@setuid\n",
+        unit_lines=readme_blocks()["gunicorn-unit-lines"],
     )
     machine.run("systemctl", "start", "gapp.socket")
     unix_path = f"/proc/{machine.leader}/root{GUNICORN_SOCKET}"  # the host's way in
@@ -854,19 +866,19 @@ def test_template_instances_reload_alone(
 ) -> None:
     """Two apps from the shipped app@.socket/app@.service templates: reloading
     one fails nothing, leaves the other's worker alone, and each instance's
-    journal holds only its own events."""
-    for unit in ("app@.socket", "app@.service"):
-        machine.run("cp", f"{EXAMPLES}/{unit}", f"/etc/systemd/system/{unit}")
-    for name, port in INSTANCES.items():
-        machine.run(
-            "mkdir", "-p", f"/etc/systemd/system/app@{name}.socket.d", f"/etc/app/{name}/env"
-        )
-        machine.run(
-            "tee",
-            f"/etc/systemd/system/app@{name}.socket.d/listen.conf",
-            input=f"[Socket]\nListenStream=127.0.0.1:{port}\n",
-        )
-        machine.run("tee", f"/etc/app/{name}/env/EXAMPLE_APP_MESSAGE", input=f"Hi {name}\n")
+    journal holds only its own events.  Instance one is set up, started and
+    reloaded by the README's commands, run as written."""
+    machine.run("mkdir", "-p", "/etc/app/one/env")
+    machine.run("tee", "/etc/app/one/env/EXAMPLE_APP_MESSAGE", input="Hi one\n")
+    readme = machine.run("sh", "-ec", readme_blocks()["template-units"])  # fails on an error
+    assert "app@one" in readme.stdout  # its journalctl
+    machine.run("mkdir", "-p", "/etc/systemd/system/app@two.socket.d", "/etc/app/two/env")
+    machine.run(
+        "tee",
+        "/etc/systemd/system/app@two.socket.d/listen.conf",
+        input=f"[Socket]\nListenStream=127.0.0.1:{INSTANCES['two']}\n",
+    )
+    machine.run("tee", "/etc/app/two/env/EXAMPLE_APP_MESSAGE", input="Hi two\n")
     machine.run("systemctl", "daemon-reload")
     verify = machine.run(
         "systemd-analyze", "verify", "--man=no", "app@one.socket", "app@one.service", check=False
@@ -910,7 +922,7 @@ def test_template_instances_reload_alone(
         "app@one.socket",
     }
     reload_events = [e for e in ours if e.get("SERVER_STARTER_EVENT") == "reload"]
-    assert len(reload_events) == reloads
+    assert len(reload_events) == reloads + 1  # and the README's
     one_pids = {e["SERVER_STARTER_WORKER_PID"] for e in ours if "SERVER_STARTER_WORKER_PID" in e}
     two_pids = {
         e["SERVER_STARTER_WORKER_PID"] for e in entries["two"] if "SERVER_STARTER_WORKER_PID" in e
