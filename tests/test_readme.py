@@ -39,7 +39,7 @@ from support import (
 ROOT = Path(__file__).resolve().parent.parent
 BLOCKS = readme_blocks()
 RECIPES = ["asyncio-recipe", "http-server-recipe"]
-BOOTED = ["template-units", "gunicorn-unit-lines"]  # run by test_systemd.py
+BOOTED = ["template-units", "gunicorn-unit-lines", "own-app-units"]  # run by test_systemd.py
 # Each command block, the test app that stands for its ``myapp``, and the
 # port the command names.
 COMMANDS = {
@@ -64,10 +64,9 @@ def test_every_fenced_block_is_marked_and_every_marked_block_is_run_here() -> No
         *BOOTED,
         *COMMANDS,
     }
-    # What is left is no command: the copy of the units for your own app
-    # (the booted tests install them their own way) and the deploy's
-    # directory layout (test_reload.py deploys so).
-    assert unmarked == 2, unmarked
+    # What is left is no command: the deploy's directory layout
+    # (test_reload.py deploys so).
+    assert unmarked == 1, unmarked
 
 
 def commands_of(block: str) -> list[str]:

@@ -872,6 +872,10 @@ def test_template_instances_reload_alone(
     machine.run("tee", "/etc/app/one/env/EXAMPLE_APP_MESSAGE", input="Hi one\n")
     readme = machine.run("sh", "-ec", readme_blocks()["template-units"])  # fails on an error
     assert "app@one" in readme.stdout  # its journalctl
+    # The README's copy of the units for your own app, also as written.
+    machine.run("sh", "-ec", readme_blocks()["own-app-units"])
+    for kind in ("socket", "service"):
+        machine.run("cmp", f"{EXAMPLES}/app.{kind}", f"/etc/systemd/system/myapp.{kind}")
     machine.run("mkdir", "-p", "/etc/systemd/system/app@two.socket.d", "/etc/app/two/env")
     machine.run(
         "tee",
