@@ -471,15 +471,23 @@ def aborted_on_close() -> int:
 
 
 def run_ab(
-    url: str, requests: int, concurrency: int, workdir: Path, timeout: float = 1800
+    url: str,
+    requests: int,
+    concurrency: int,
+    workdir: Path,
+    timeout: float = 1800,
+    seconds: int | None = None,
 ) -> dict[str, Any]:
     """``ab -r -n -c`` (HTTP/1.0, a connection per request), with
     per-request timings (-g) for percentiles and plots.  ab counts a failed
     request once for each kind of failure it saw: "receive" and "exceptions"
     are requests lost, "length" alone a body of another length.  "resets" is
-    the kernel's count of aborted connections meanwhile."""
+    the kernel's count of aborted connections meanwhile.  With ``seconds``,
+    ab stops after that long if the requests are not done by then."""
     timings = workdir / f"ab-{time.monotonic_ns()}.tsv"
     command = ["ab", "-r", "-q", "-s", "60", "-n", str(requests), "-c", str(concurrency)]
+    if seconds is not None:
+        command[1:1] = ["-t", str(seconds)]  # before -n, which ab's -t would reset
     resets_before = aborted_on_close()
     result = subprocess.run(
         [*command, "-g", str(timings), url],

@@ -25,6 +25,7 @@ from support import (
 
 WORKERS = ROOT / "tests" / "workers"
 REQUESTS = 50_000
+STARMAN_SECONDS = 8
 
 
 @pytest.mark.parametrize(
@@ -74,18 +75,21 @@ def test_starman_reloads_under_load(tmp_path: Path, capsys: object) -> None:
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready")
         with reloading(lambda: daemon.signal(1), every=0.5):
-            result = run_ab(f"http://127.0.0.1:{port}/", REQUESTS, 200, tmp_path)
+            # For a time, not a count: HUPs during a start coalesce, so the
+            # generations follow the run's length, not ab's speed.
+            result = run_ab(
+                f"http://127.0.0.1:{port}/", 10_000_000, 200, tmp_path, seconds=STARMAN_SECONDS
+            )
         generations = len(daemon.matches(r"starting new worker"))
         daemon.wait_for(r"^old worker \d+ died", count=generations - 1, timeout=60)
     report(
         capsys,
-        f"Starman --workers=4 under --signal-on-hup=QUIT: ab -r -n {REQUESTS} -c 200, "
+        f"Starman --workers=4 under --signal-on-hup=QUIT: ab -r -t {STARMAN_SECONDS} -c 200, "
         f"{generations} generations: {result['requests']} requests, "
-        f"{max(result['failures_by_kind'].values())} lost ({result['failures_by_kind']}), "
-        f"{result['resets']} reset by the server",
+        f"{max(result['failures_by_kind'].values())} lost ({result['failures_by_kind']})",
     )
     assert generations >= 5
-    assert result["requests"] == REQUESTS
+    assert result["requests"] > 10_000
     assert result["refused"] == 0 and result["non_2xx"] == 0
     # Starman itself drops a request whose headers it is reading when its
     # graceful stop reaches the child (a read interrupted by the signal is not
