@@ -113,22 +113,29 @@ def test_the_quick_start_as_written() -> None:
     assert not (ROOT / "demo.pid").exists()
 
 
-@pytest.mark.parametrize("name", RECIPES)
-def test_a_recipe_as_written_reloads_under_load_without_a_failure(
-    name: str, tmp_path: Path
-) -> None:
-    (tmp_path / "app.py").write_text(BLOCKS[name])
-    port, pid_file = free_port(), tmp_path / "pid"
+def serving_app_py(program: str, directory: Path) -> tuple[list[str], int, Path]:
+    """start_server's command line serving ``program`` saved as app.py, as
+    the recipes say to run it: the argv, its port and its pid file."""
+    (directory / "app.py").write_text(program)
+    port, pid_file = free_port(), directory / "pid"
     argv = [
         START_SERVER,
         f"--port=127.0.0.1:{port}",
         f"--pid-file={pid_file}",
-        f"--dir={tmp_path}",
+        f"--dir={directory}",
         "--require-notify",
         "--",
         sys.executable,
         "app.py",
     ]
+    return argv, port, pid_file
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_a_recipe_as_written_reloads_under_load_without_a_failure(
+    name: str, tmp_path: Path
+) -> None:
+    argv, port, pid_file = serving_app_py(BLOCKS[name], tmp_path)
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
         with reloading(lambda: restart(pid_file), every=0.5):
@@ -170,18 +177,7 @@ def test_an_adapter_command_as_written_reloads_under_load_without_a_failure(
 
 
 def test_the_keep_alive_recipe_serves_kept_alive_clients_across_reloads(tmp_path: Path) -> None:
-    (tmp_path / "app.py").write_text(BLOCKS["keep-alive-recipe"])
-    port, pid_file = free_port(), tmp_path / "pid"
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--pid-file={pid_file}",
-        f"--dir={tmp_path}",
-        "--require-notify",
-        "--",
-        sys.executable,
-        "app.py",
-    ]
+    argv, port, pid_file = serving_app_py(BLOCKS["keep-alive-recipe"], tmp_path)
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
         with KeepAliveLoad(port, "/", threads=40) as load:
@@ -197,17 +193,7 @@ def test_the_keep_alive_recipe_serves_kept_alive_clients_across_reloads(tmp_path
 
 
 def test_the_listener_api_as_written(tmp_path: Path) -> None:
-    (tmp_path / "app.py").write_text(BLOCKS["listener-api"])
-    port = free_port()
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--dir={tmp_path}",
-        "--require-notify",
-        "--",
-        sys.executable,
-        "app.py",
-    ]
+    argv, port, _ = serving_app_py(BLOCKS["listener-api"], tmp_path)
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
         daemon.wait_for(rf"^\{{'127.0.0.1:{port}': 3\}}$")
