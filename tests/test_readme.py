@@ -38,7 +38,7 @@ from support import (
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCKS = readme_blocks()
-RECIPES = ["asyncio-recipe", "http-server-recipe"]
+RECIPES = ["asyncio-recipe"]
 BOOTED = ["template-units", "gunicorn-unit-lines", "own-app-units"]  # run by test_systemd.py
 # Each command block, the test app that stands for its ``myapp``, and the
 # port the command names.
@@ -60,6 +60,7 @@ def test_every_fenced_block_is_marked_and_every_marked_block_is_run_here() -> No
         "starman-command",
         "proxy-settings",
         "keep-alive-recipe",
+        "http-server-recipe",
         *RECIPES,
         *BOOTED,
         *COMMANDS,
@@ -174,6 +175,24 @@ def test_an_adapter_command_as_written_reloads_under_load_without_a_failure(
         assert load.failures == [], (command, load.failures[:5])
         assert (load.clean_closes, resets) == (0, 0), command
         assert load.served > 100, command
+
+
+def test_the_http_server_recipe_serves_across_reloads_and_stops(tmp_path: Path) -> None:
+    """Clients through 3 reloads; then a stop that would hang (and SIGKILL
+    after --stop-timeout) if shutdown() ran in the signal handler."""
+    argv, port, pid_file = serving_app_py(BLOCKS["http-server-recipe"], tmp_path)
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
+        with KeepAliveLoad(port, "/", threads=20) as load:
+            for _ in range(3):
+                assert restart(pid_file).returncode == 0
+            daemon.wait_for(r"^old worker \d+ died", count=3, timeout=30)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    assert "Traceback" not in daemon.output()
+    assert load.failures == [], load.failures[:5]
+    assert load.clean_closes == 0
+    assert load.served > 100
 
 
 def test_the_keep_alive_recipe_serves_kept_alive_clients_across_reloads(tmp_path: Path) -> None:
