@@ -177,34 +177,40 @@ def test_an_adapter_command_as_written_reloads_under_load_without_a_failure(
         assert load.served > 100, command
 
 
+def keep_alive_clients_through_reloads(
+    program: str, directory: Path, threads: int, reloads: int
+) -> tuple[KeepAliveLoad, str]:
+    """``program`` served as app.py under HTTP/1.1 clients through
+    ``reloads`` reloads, each old generation gone within 30 s, then stopped
+    with exit 0: the load's counts and the superdaemon's output."""
+    argv, port, pid_file = serving_app_py(program, directory)
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
+        with KeepAliveLoad(port, "/", threads=threads) as load:
+            for _ in range(reloads):
+                assert restart(pid_file).returncode == 0
+            daemon.wait_for(r"^old worker \d+ died", count=reloads, timeout=30)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    return load, daemon.output()
+
+
 def test_the_http_server_recipe_serves_across_reloads_and_stops(tmp_path: Path) -> None:
     """Clients through 3 reloads; then a stop that would hang (and SIGKILL
     after --stop-timeout) if shutdown() ran in the signal handler."""
-    argv, port, pid_file = serving_app_py(BLOCKS["http-server-recipe"], tmp_path)
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
-        with KeepAliveLoad(port, "/", threads=20) as load:
-            for _ in range(3):
-                assert restart(pid_file).returncode == 0
-            daemon.wait_for(r"^old worker \d+ died", count=3, timeout=30)
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait() == 0
-    assert "Traceback" not in daemon.output()
+    load, output = keep_alive_clients_through_reloads(
+        BLOCKS["http-server-recipe"], tmp_path, threads=20, reloads=3
+    )
+    assert "Traceback" not in output
     assert load.failures == [], load.failures[:5]
     assert load.clean_closes == 0
     assert load.served > 100
 
 
 def test_the_keep_alive_recipe_serves_kept_alive_clients_across_reloads(tmp_path: Path) -> None:
-    argv, port, pid_file = serving_app_py(BLOCKS["keep-alive-recipe"], tmp_path)
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
-        with KeepAliveLoad(port, "/", threads=40) as load:
-            for _ in range(4):
-                assert restart(pid_file).returncode == 0
-            daemon.wait_for(r"^old worker \d+ died", count=4, timeout=30)
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait() == 0
+    load, _ = keep_alive_clients_through_reloads(
+        BLOCKS["keep-alive-recipe"], tmp_path, threads=40, reloads=4
+    )
     assert load.failures == [], load.failures[:5]
     assert load.clean_closes == 0  # no connection ended under a request
     assert load.served > 100
