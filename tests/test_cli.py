@@ -113,9 +113,15 @@ def test_port_in_use_and_non_socket_path(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         result = run_start_server(f"--port=127.0.0.1:{port}", *APP)
     assert result.returncode == 1
-    assert result.stderr == (
-        f"start_server: failed to bind to 127.0.0.1:{port}: Address already in use\n"
-    )
+    # One line, naming who holds the port (this test's own process) and what to do.
+    assert result.stderr.startswith(
+        f"start_server: failed to bind to 127.0.0.1:{port}: Address already in use; "
+        f"port {port} is held by pid {os.getpid()} ("
+    ), result.stderr
+    assert result.stderr.endswith(
+        f"'kill -TERM {os.getpid()}' lets them finish their requests and exit\n"
+    ), result.stderr
+    assert result.stderr.count("\n") == 1
     regular = tmp_path / "data"
     regular.write_text("precious")
     result = run_start_server(f"--path={regular}", *APP)

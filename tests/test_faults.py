@@ -32,6 +32,7 @@ from support import (
     free_port,
     generation_of,
     http_get,
+    pid_alive,
     report,
     restart,
     run_start_server,
@@ -547,3 +548,34 @@ def test_bad_commands_beside_a_running_superdaemon_disturb_nothing(tmp_path: Pat
         assert daemon.proc.poll() is None
         assert restart(pid_file).returncode == 0
     assert load.failures == [], load.failures[:5]
+
+
+def test_after_a_sigkill_of_the_superdaemon_a_new_one_names_the_orphans_holding_the_port(
+    tmp_path: Path,
+) -> None:
+    """Run by hand, a superdaemon killed with SIGKILL leaves its workers
+    serving as orphans, holding the port.  A new start_server on that port
+    says in one line which processes hold it and the command that drains
+    them; after that command it binds and serves."""
+    port = free_port()
+    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP]
+    with running(argv, env=worker_env()) as first:
+        first.wait_for(r"is ready")
+        (worker,) = children(first.pid)
+        first.signal(signal.SIGKILL)
+        first.wait()
+        assert http_get(port)[0] == 200, "the orphan serves on"
+        refused = run_start_server(f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP)
+        assert refused.returncode == 1
+        assert refused.stderr.count("\n") == 1, refused.stderr
+        assert f"port {port} is held by pid {worker} (" in refused.stderr, refused.stderr
+        command = re.search(r"'(kill -TERM [\d ]+)'", refused.stderr)
+        assert command is not None and command.group(1) == f"kill -TERM {worker}"
+        subprocess.run(shlex.split(command.group(1)), check=True, timeout=10)
+        deadline = time.monotonic() + 30
+        while pid_alive(worker):  # an orphan's exit has no event for us to await
+            assert time.monotonic() < deadline, "the orphan did not drain on TERM"
+            time.sleep(0.05)
+        with running(argv, env=worker_env()) as second:
+            second.wait_for(r"is ready")
+            assert http_get(port)[0] == 200

@@ -9,6 +9,7 @@ generation sees the same numbers.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import resource
@@ -16,6 +17,7 @@ import socket
 import stat
 from collections.abc import Mapping, Sequence
 
+from . import holders
 from .fds import SD_LISTEN_FDS_START
 
 UNIX_PATH_MAX = 107  # sizeof(sun_path) - 1 for the terminating NUL
@@ -200,7 +202,12 @@ def bind_port(spec: PortSpec, backlog: int) -> Listener:
             sock.listen(backlog)
     except OSError as err:
         sock.close()
-        raise SocketError(f"failed to bind to {spec.key}: {_reason(err)}") from None
+        message = f"failed to bind to {spec.key}: {_reason(err)}"
+        if err.errno == errno.EADDRINUSE:
+            lookup = f"ss -{'u' if spec.udp else 't'}lnp 'sport = :{spec.port}'"
+            found = holders.of_port(spec.port, udp=spec.udp)
+            message += "; " + holders.describe(found, f"port {spec.port}", lookup)
+        raise SocketError(message) from None
     if spec.fd is not None and spec.fd != sock.fileno():
         # As Perl: the pin wins over whatever the descriptor held (stdin for
         # =0, the FastCGI convention; an inherited descriptor otherwise).
@@ -223,7 +230,11 @@ def bind_path(spec: PathSpec, backlog: int, mode: int) -> Listener:
         if not stat.S_ISSOCK(existing.st_mode):
             raise SocketError(f"--path {path} exists and is not a socket; refusing to remove it")
         if socket_is_live(path):
-            raise SocketError(f"--path {path}: another process is listening there")
+            found = holders.of_path(path)
+            raise SocketError(
+                f"--path {path}: another process is listening there; "
+                + holders.describe(found, path, f"ss -xlp src {path}")
+            )
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # bind() creates the file with mode 0777 & ~umask: set the umask so it is

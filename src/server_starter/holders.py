@@ -1,0 +1,93 @@
+"""Who holds a socket address: the processes with a listening socket on a
+port or a unix socket path, read from ``/proc`` (another user's processes
+only when run as root).
+
+Used when a bind fails, so the one-line error names the culprits: most often
+the workers of an earlier start_server killed with SIGKILL, which keep the
+listening socket they inherited and go on serving as orphans.
+"""
+
+from __future__ import annotations
+
+import os
+
+TCP_LISTEN = "0A"  # the state column of /proc/net/tcp{,6}
+UNIX_LISTENING = "00010000"  # __SO_ACCEPTCON in the flags of /proc/net/unix
+MAX_NAMED = 5  # processes named in the one-line error
+
+
+def of_port(port: int, udp: bool = False) -> list[tuple[int, str]]:
+    """(pid, command line) of each process holding a socket bound to ``port``
+    (TCP: listening), on any address, lowest pid first."""
+    inodes = set()
+    for table in ("udp", "udp6") if udp else ("tcp", "tcp6"):
+        for fields in _table(table):
+            local, state, inode = fields[1], fields[3], fields[9]
+            if int(local.rsplit(":", 1)[1], 16) == port and (udp or state == TCP_LISTEN):
+                inodes.add(inode)
+    return _processes_with(inodes)
+
+
+def of_path(path: str) -> list[tuple[int, str]]:
+    """(pid, command line) of each process holding a socket listening on the
+    unix socket ``path``."""
+    inodes = {
+        fields[6]
+        for fields in _table("unix")
+        if len(fields) > 7 and fields[7] == path and fields[3] == UNIX_LISTENING
+    }
+    return _processes_with(inodes)
+
+
+def describe(holders: list[tuple[int, str]], address: str, lookup: str) -> str:
+    """The end of a one-line bind error: who holds ``address`` and what to do."""
+    if not holders:
+        return f"(the holder is not visible to this user: {lookup} names it)"
+    named = ", ".join(f"pid {pid} ({command})" for pid, command in holders[:MAX_NAMED])
+    more = f" and {len(holders) - MAX_NAMED} more" if len(holders) > MAX_NAMED else ""
+    pids = " ".join(str(pid) for pid, _ in holders)
+    return (
+        f"{address} is held by {named}{more}; if these are the workers of a start_server "
+        f"killed with SIGKILL, 'kill -TERM {pids}' lets them finish their requests and exit"
+    )
+
+
+def _table(name: str) -> list[list[str]]:
+    try:
+        with open(f"/proc/net/{name}") as table:
+            return [line.split() for line in table.readlines()[1:]]
+    except OSError:
+        return []
+
+
+def _processes_with(inodes: set[str]) -> list[tuple[int, str]]:
+    wanted = {f"socket:[{inode}]" for inode in inodes if inode != "0"}
+    found: list[tuple[int, str]] = []
+    if not wanted:
+        return found
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+            if any(_link(f"/proc/{entry}/fd/{fd}") in wanted for fd in fds):
+                found.append((int(entry), _command_line(int(entry))))
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return sorted(found)
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def _command_line(pid: int, width: int = 60) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        words = cmdline.read().rstrip(b"\0").split(b"\0")
+    # Kept to one line and printable whatever the arguments hold.
+    command = " ".join(os.fsdecode(word) for word in words).encode("unicode_escape").decode()
+    command = command or f"[{pid}]"
+    return command if len(command) <= width else command[: width - 3] + "..."
