@@ -122,6 +122,30 @@ def test_port_in_use_and_non_socket_path(tmp_path: Path) -> None:
         f"'kill -TERM {os.getpid()}' lets them finish their requests and exit\n"
     ), result.stderr
     assert result.stderr.count("\n") == 1
+    # A process on another address of the same port is not in the way: not named.
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, sys; s = socket.socket(); s.bind(('127.0.0.2', int(sys.argv[1])));"
+            " s.listen(); print('listening', flush=True); sys.stdin.read()",
+            str(port),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline() == "listening\n"
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", port))
+            busy.listen()
+            result = run_start_server(f"--port=127.0.0.1:{port}", *APP)
+        assert f"held by pid {os.getpid()} (" in result.stderr, result.stderr
+        assert f"pid {other.pid} " not in result.stderr, result.stderr
+    finally:
+        other.kill()
+        other.wait(10)
     regular = tmp_path / "data"
     regular.write_text("precious")
     result = run_start_server(f"--path={regular}", *APP)

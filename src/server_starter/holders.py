@@ -10,22 +10,42 @@ listening socket they inherited and go on serving as orphans.
 from __future__ import annotations
 
 import os
+import socket
 
 TCP_LISTEN = "0A"  # the state column of /proc/net/tcp{,6}
 UNIX_LISTENING = "00010000"  # __SO_ACCEPTCON in the flags of /proc/net/unix
 MAX_NAMED = 5  # processes named in the one-line error
 
 
-def of_port(port: int, udp: bool = False) -> list[tuple[int, str]]:
-    """(pid, command line) of each process holding a socket bound to ``port``
-    (TCP: listening), on any address, lowest pid first."""
+def of_port(host: str, port: int, udp: bool = False) -> list[tuple[int, str]]:
+    """(pid, command line) of each process holding a socket that a bind to
+    ``host``:``port`` collides with (TCP: listening): on that address, or a
+    wildcard on either side; lowest pid first."""
     inodes = set()
     for table in ("udp", "udp6") if udp else ("tcp", "tcp6"):
         for fields in _table(table):
-            local, state, inode = fields[1], fields[3], fields[9]
-            if int(local.rsplit(":", 1)[1], 16) == port and (udp or state == TCP_LISTEN):
+            (address, hex_port), state, inode = fields[1].rsplit(":", 1), fields[3], fields[9]
+            if int(hex_port, 16) != port or not (udp or state == TCP_LISTEN):
+                continue
+            if _collides(host, _address(address)):
                 inodes.add(inode)
     return _processes_with(inodes)
+
+
+def _collides(host: str, held: str) -> bool:
+    # A dual-stack socket shows an IPv4 address mapped (::ffff:a.b.c.d), and
+    # its [::] takes IPv4 too; ours are IPv6-only, so [::] meets IPv6 alone.
+    held = held.removeprefix("::ffff:")
+    if ":" not in host:
+        return held in (host, "0.0.0.0", "::") or (host == "0.0.0.0" and ":" not in held)
+    return held in (host, "::") or (host == "::" and ":" in held)
+
+
+def _address(hex_address: str) -> str:
+    # /proc/net prints each 32-bit word of the address in host byte order.
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, words)
 
 
 def of_path(path: str) -> list[tuple[int, str]]:

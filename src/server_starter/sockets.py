@@ -205,7 +205,7 @@ def bind_port(spec: PortSpec, backlog: int) -> Listener:
         message = f"failed to bind to {spec.key}: {_reason(err)}"
         if err.errno == errno.EADDRINUSE:
             lookup = f"ss -{'u' if spec.udp else 't'}lnp 'sport = :{spec.port}'"
-            found = holders.of_port(spec.port, udp=spec.udp)
+            found = holders.of_port(address[0], spec.port, udp=spec.udp)
             message += "; " + holders.describe(found, f"port {spec.port}", lookup)
         raise SocketError(message) from None
     if spec.fd is not None and spec.fd != sock.fileno():
