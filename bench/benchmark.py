@@ -312,7 +312,7 @@ def behind_nginx(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 wait_until_serving(port)
                 with proxies.nginx(port, workdir) as proxy:
                     url = f"http://127.0.0.1:{proxy.port}{path}"
-                    with reloading(partial(daemon.signal, signal.SIGHUP), RELOAD_EVERY):
+                    with reloading(partial(daemon.signal, signal.SIGHUP), RELOAD_EVERY) as asked:
                         if load == "ab":
                             figures = dict(
                                 proxies.run_ab_post(url, PROXY_CONCURRENCY, seconds, workdir)
@@ -321,6 +321,11 @@ def behind_nginx(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
                             figures = dict(
                                 proxies.run_wrk(url, PROXY_CONCURRENCY, seconds, workdir)
                             )
+                    if asked:
+                        # A reload asked for during the load may still be
+                        # starting (gunicorn boots slowly): count it once it is
+                        # ready instead of stopping it half-way.
+                        daemon.wait_for(r"\(generation \d+\) is ready", count=2, timeout=60)
                 errors = proxy.errors()
                 figures["proxy_errors"] = len(errors)
                 figures["proxy_errors_by_kind"] = nginx_error_kinds(errors)
