@@ -60,6 +60,7 @@ APP = ["--", sys.executable, "-c", "pass"]
         (["--port=8080"], "server program not specified"),
         (["--stop"], "--stop option requires --pid-file"),
         (["--restart"], "--restart needs --pid-file or --control-socket"),
+        (["--drain-orphans"], "--drain-orphans is for ExecStopPost= in a systemd service"),
         (["--port=127.0.0.1:{p}", "--", "/no/such/program"], "/no/such/program: no such file"),
         (["--port=127.0.0.1:{p}", "--", "no-such-command-xyz"], "command not found in PATH"),
         (["--port=127.0.0.1:{p}", "--dir=/no/such/dir"], "--dir /no/such/dir: no such directory"),

@@ -32,6 +32,7 @@ class FakeHost(Host):
         self.systemd_sent_at: list[float] = []  # the clock at each message
         self.status_file: list[tuple[int, int]] | None = None
         self.spawn_error: str | None = None
+        self.promoted: list[int] = []  # serving(): less likely OOM victims
 
     def now(self) -> float:
         return self.clock
@@ -46,6 +47,9 @@ class FakeHost(Host):
 
     def signal(self, pid: int, number: signal.Signals) -> None:
         self.signals.append((pid, number))
+
+    def serving(self, pid: int) -> None:
+        self.promoted.append(pid)
 
     def notify_systemd(self, message: str) -> None:
         self.systemd.append(parse(message.encode()))
@@ -200,6 +204,29 @@ def test_reload_signals_the_old_generation_once_the_new_one_is_ready() -> None:
     rig.exit(1)
     assert rig.host.status_file == [(2, rig.pid(2))]
     assert rig.supervisor.next_deadline() is None
+
+
+def test_a_generation_leaves_the_oom_killers_first_place_once_it_serves() -> None:
+    rig = Rig(require_notify=True)
+    rig.supervisor.start()
+    assert rig.host.promoted == []  # starting: the OOM killer's first victim
+    rig.ready(1)
+    rig.supervisor.request_reload(None, None)
+    assert rig.host.promoted == [rig.pid(1)]
+    rig.ready(2)
+    assert rig.host.promoted == [rig.pid(1), rig.pid(2)]
+
+
+def test_a_start_killed_by_the_oom_killer_says_so() -> None:
+    rig = Rig().serving()
+    answers = Answers()
+    rig.supervisor.on_request("reload", answers)
+    rig.supervisor.on_exit(rig.pid(2), KILL.value, oom_killed=True)
+    ok, message = answers.one
+    assert not ok
+    assert "killed by SIGKILL by the OOM killer: the service is out of memory" in message
+    assert "old generation keeps serving" in message
+    assert rig.state(1) is State.SERVING
 
 
 def test_every_reloading_carries_the_clock_and_ends_with_ready() -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
+from . import __version__, orphans
 from .control import ControlError, control_socket_path, no_superdaemon_for, request, stop
 from .environment import PortVariableError
 from .serve import StartupError, UsageError, serve
@@ -220,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send TERM to the start_server named by --pid-file and wait until it exits",
     )
+    add(
+        "--drain-orphans",
+        action="store_true",
+        help="for the unit's ExecStopPost=: if the superdaemon died, send its workers "
+        "--signal-on-term and wait (up to --stop-timeout) until they exit; then "
+        "SIGKILL what is left of the service",
+    )
     add("--version", action="store_true", help="print the version and exit")
     add("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
@@ -263,6 +271,15 @@ def run(argv: Sequence[str]) -> int:
             raise ControlError(f"{option}: {no_superdaemon_for(args.pid_file, control_path)}")
         message = request(control_path, command, restart_timeout)
         print(f"start_server: {message}", file=sys.stderr)
+        return 0
+    if args.drain_orphans:
+        stop_timeout = DEFAULTS["stop_timeout"] if args.stop_timeout is None else args.stop_timeout
+        sent = args.signal_on_term or signal.SIGTERM
+        try:
+            done = orphans.drain(dict(os.environ), os.getpid(), sent, stop_timeout)
+        except orphans.OrphansError as err:
+            raise UsageError(str(err)) from None
+        print(f"start_server: {done}", file=sys.stderr)
         return 0
     if args.stop:
         if args.pid_file is None:

@@ -184,6 +184,13 @@ def listen_control(path: str) -> socket.socket:
     return sock
 
 
+def _open_spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 class ControlServer:
     """The superdaemon's side: accepts clients, reads each one's request line
     and hands it to the supervisor with a function that answers it once."""
@@ -191,6 +198,10 @@ class ControlServer:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.connections: list[_Connection] = []
+        # Out of descriptors, accept() fails and the client stays queued: the
+        # loop would wake for it forever.  This spare one, closed for the
+        # moment, lets us accept it and tell it why.
+        self._spare: int | None = _open_spare()
         self._register: Callable[[socket.socket, Callable[[Supervisor], None]], None]
         self._unregister: Callable[[socket.socket], None]
 
@@ -208,6 +219,14 @@ class ControlServer:
             conn, _ = self.sock.accept()
         except BlockingIOError:
             return
+        except OSError as err:
+            if err.errno not in (errno.EMFILE, errno.ENFILE) or self._spare is None:
+                raise
+            os.close(self._spare)
+            with contextlib.suppress(OSError), self.sock.accept()[0] as refused:
+                refused.sendall(b"error start_server is out of file descriptors (LimitNOFILE=)\n")
+            self._spare = _open_spare()
+            return
         conn.setblocking(False)
         if peer_uid(conn) not in (0, os.getuid()):
             with contextlib.suppress(OSError):
@@ -219,6 +238,8 @@ class ControlServer:
 
     def close(self) -> None:
         self.sock.close()
+        if self._spare is not None:
+            os.close(self._spare)
 
     # -- the hand-over of an in-place upgrade (see upgrade.py) --------------
 

@@ -108,9 +108,10 @@ class _Readiness:
                 return
             booted += len(chunk)
         if self.notify_socket:
-            notify.send(
-                f"READY=1\nSTATUS=gunicorn with {booted} workers booted", self.notify_socket
-            )
+            with contextlib.suppress(OSError):  # the superdaemon is gone
+                notify.send(
+                    f"READY=1\nSTATUS=gunicorn with {booted} workers booted", self.notify_socket
+                )
         os.close(self.read_end)
 
 

@@ -18,10 +18,10 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
-from . import notify
+from . import notify, oom
 from .control import ControlServer, write_status_file
 from .settings import Settings
-from .spawn import reap, spawn
+from .spawn import reap, resource_error, spawn
 from .supervisor import HANDLED_SIGNALS, Host, Supervisor
 
 # How long a status message to systemd may wait for room in its queue.
@@ -66,6 +66,8 @@ class SystemHost(Host):
         # any drain.  In groups of their own they get only what we send.
         self.workers_apart = _has_terminal()
         self._wakeup_read, self._wakeup_write = socket.socketpair()
+        self.serving_score = oom.serving_score(oom.own_score())
+        self.oom_kills_seen = oom.kills()
         if control is not None:
             control.attach(self._register, self._unregister)
 
@@ -102,7 +104,10 @@ class SystemHost(Host):
         return time.monotonic()
 
     def spawn(self, number: int, environ: dict[str, str], settings: Settings) -> int:
-        notifier = notify.NotifyReceiver(f"gen{number}")
+        try:
+            notifier = notify.NotifyReceiver(f"gen{number}")
+        except OSError as err:
+            raise resource_error(err) from None
         environ["NOTIFY_SOCKET"] = notifier.address
         try:
             process = spawn(
@@ -111,6 +116,7 @@ class SystemHost(Host):
                 self.listening_fds,
                 settings.directory,
                 own_process_group=self.workers_apart,
+                oom_score_adj=oom.STARTING_SCORE,
             )
         except BaseException:
             notifier.close()
@@ -144,12 +150,23 @@ class SystemHost(Host):
             notifier = notify.NotifyReceiver("", adopt=(fd, address))
             self._watch(_Worker(pid, os.pidfd_open(pid), notifier))
 
+    def serving(self, pid: int) -> None:
+        oom.set_score(pid, self.serving_score)
+
     def _on_pidfd(self, supervisor: Supervisor, worker: _Worker) -> None:
         status = reap(worker.pid)
         if status is None:
             return
         self._forget(worker)
-        supervisor.on_exit(worker.pid, status)
+        supervisor.on_exit(worker.pid, status, oom_killed=self._oom_killed(status))
+
+    def _oom_killed(self, status: int) -> bool:
+        """Whether this SIGKILL was the OOM killer's: its count went up."""
+        if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+            return False
+        kills = oom.kills()
+        seen, self.oom_kills_seen = self.oom_kills_seen, kills
+        return kills is not None and seen is not None and kills > seen
 
     def _on_notify_socket(self, supervisor: Supervisor, worker: _Worker) -> None:
         for message in worker.notifier.receive():
@@ -190,11 +207,13 @@ class SystemHost(Host):
             handler(supervisor)
 
     def close(self) -> None:
-        """Stop catching signals; SIGKILL any worker still running (only after
-        an internal error: never orphan a worker)."""
+        """Stop catching signals; send TERM to any worker still running (only
+        after an internal error).  TERM, not KILL: each finishes its requests
+        and exits, under systemd drained by the unit's ExecStopPost= (see
+        orphans.py) before a new superdaemon takes the sockets over."""
         signal.set_wakeup_fd(-1)
         for worker in list(self.workers.values()):
-            self.signal(worker.pid, signal.SIGKILL)
+            self.signal(worker.pid, signal.SIGTERM)
             self._forget(worker)
         self.selector.close()
         self._wakeup_read.close()

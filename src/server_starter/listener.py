@@ -91,17 +91,28 @@ def generation(environ: Mapping[str, str] | None = None) -> int | None:
 def notify_ready(status: str | None = None) -> bool:
     """Tell the superdaemon this generation can serve (``READY=1``), so it
     signals the old one now rather than after ``--interval``.  Returns False
-    when nobody listens (no ``NOTIFY_SOCKET``: e.g. under Perl's start_server)."""
-    return notify.send("READY=1" + (f"\nSTATUS={status}" if status else ""))
+    when nobody listens (no ``NOTIFY_SOCKET``: e.g. under Perl's start_server;
+    or the superdaemon is gone)."""
+    return _tell("READY=1" + (f"\nSTATUS={status}" if status else ""))
 
 
 def notify_status(status: str) -> bool:
     """Free-form status text, logged by the superdaemon."""
-    return notify.send(f"STATUS={status}")
+    return _tell(f"STATUS={status}")
 
 
 def notify_stopping() -> bool:
-    return notify.send("STOPPING=1")
+    return _tell("STOPPING=1")
+
+
+def _tell(message: str) -> bool:
+    # Never an exception in the app: a worker whose superdaemon died (its
+    # notify socket gone) is drained by the unit's ExecStopPost= and must
+    # still finish its requests.  sd_notify() too only returns an error.
+    try:
+        return notify.send(message)
+    except OSError:
+        return False
 
 
 # -- adapters -------------------------------------------------------------------

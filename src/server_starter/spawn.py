@@ -9,6 +9,7 @@ the superdaemon can say "no such file" instead of guessing from exit 255.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import signal
@@ -30,7 +31,19 @@ _RESET_SIGNALS = (
 
 
 class SpawnError(Exception):
-    """The command could not be started at all (exec or chdir failed)."""
+    """The command could not be started at all (exec or chdir failed, or
+    the service is out of processes or descriptors)."""
+
+
+def resource_error(err: OSError) -> SpawnError:
+    """A worker not started for want of a resource, with the limit to look at."""
+    hint = {
+        errno.EAGAIN: " (the service's TasksMax= or the user's process limit is reached)",
+        errno.EMFILE: " (start_server is out of file descriptors: LimitNOFILE=)",
+        errno.ENFILE: " (the system's file table is full)",
+        errno.ENOMEM: " (out of memory: MemoryMax=?)",
+    }.get(err.errno or 0, "")
+    return SpawnError(f"cannot start a worker: {err.strerror or err}{hint}")
 
 
 class Process:
@@ -60,12 +73,22 @@ def spawn(
     keep_fds: Sequence[int],
     directory: str | None,
     own_process_group: bool = False,
+    oom_score_adj: int | None = None,
 ) -> Process:
     """Fork and exec ``argv``; raise SpawnError if it could not be exec'd.
     With ``own_process_group`` the child leads a process group of its own,
-    out of reach of the signals a terminal sends to ours."""
-    report_read, report_write = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    out of reach of the signals a terminal sends to ours; ``oom_score_adj``
+    is set in the child before exec (best effort, see oom.py)."""
+    try:
+        report_read, report_write = os.pipe2(os.O_CLOEXEC)
+    except OSError as err:
+        raise resource_error(err) from None
+    try:
+        pid = os.fork()
+    except OSError as err:
+        os.close(report_read)
+        os.close(report_write)
+        raise resource_error(err) from None
     if pid == 0:  # the child: nothing here may return or raise
         stage = "prepare to exec"
         try:
@@ -76,6 +99,11 @@ def spawn(
                 signal.signal(number, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
             signal.set_wakeup_fd(-1)
+            if oom_score_adj is not None:
+                with contextlib.suppress(OSError):
+                    score = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+                    os.write(score, str(oom_score_adj).encode())
+                    os.close(score)
             stage = "chdir to"
             if directory is not None:
                 os.chdir(directory)
@@ -106,7 +134,12 @@ def spawn(
             failure += chunk
     finally:
         os.close(report_read)
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as err:  # EMFILE: a child we could not watch must not run
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise resource_error(err) from None
     if failure:
         os.waitpid(pid, 0)
         os.close(pidfd)

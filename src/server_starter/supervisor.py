@@ -46,6 +46,8 @@ from .spawn import SpawnError
 QUICK_EXIT_SECONDS = 2.0
 EXPLAINED_EXIT_CODES = frozenset({2, 126, 127})
 
+OOM_KILLED = " by the OOM killer: the service is out of memory (MemoryMax=?)"
+
 # Signals that end the superdaemon.  INT and QUIT drain like TERM (with
 # TERM sent to the workers), so a Ctrl-C or Ctrl-\ never orphans a worker.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -73,6 +75,11 @@ class Host(abc.ABC):
     @abc.abstractmethod
     def signal(self, pid: int, number: signal.Signals) -> None:
         """Send a signal to a worker not yet reported exited."""
+
+    @abc.abstractmethod
+    def serving(self, pid: int) -> None:
+        """The worker's generation serves now: make it a less likely victim
+        of the OOM killer than a starting one (see oom.py)."""
 
     @abc.abstractmethod
     def notify_systemd(self, message: str) -> None:
@@ -292,13 +299,16 @@ class Supervisor:
         if fields.get("READY") == "1" and gen.state is State.STARTING:
             self._became_ready(gen, "READY=1")
 
-    def on_exit(self, pid: int, status: int) -> None:
+    def on_exit(self, pid: int, status: int, oom_killed: bool = False) -> None:
+        """A worker exited with the raw wait ``status``; ``oom_killed``: the
+        kernel's OOM killer killed it."""
         gen = self._generation(pid)
         if gen is None:
             return
         was = gen.state
         self._enter(gen, State.REAPED)
-        raw = f"status:{status} ({describe_status(status)})"
+        described = describe_status(status) + (OOM_KILLED if oom_killed else "")
+        raw = f"status:{status} ({described})"
         fields = {"generation": gen.number, "pid": gen.pid, "exit_status": status}
         if self.stopping:
             self.log.event(Event.EXIT, f"worker {gen.pid} died, {raw}", **fields)
@@ -310,7 +320,7 @@ class Supervisor:
                 priority=ERR,
                 **fields,
             )
-            self._start_failed(gen, self._why_never_ready(gen, was, status))
+            self._start_failed(gen, self._why_never_ready(gen, was, status, oom_killed))
         elif was is State.SERVING:
             self.log.event(
                 Event.EXIT,
@@ -423,6 +433,7 @@ class Supervisor:
                 generation=gen.number,
                 pid=gen.pid,
             )
+            self.host.serving(gen.pid)
             self._write_status()
             # systemd hears of the new generation before anyone is answered, so
             # `systemctl reload` never returns ahead of the unit's status.
@@ -532,7 +543,7 @@ class Supervisor:
         self._settle_reloads()
         self._start_next_reload()
 
-    def _why_never_ready(self, gen: Generation, was: State, status: int) -> str:
+    def _why_never_ready(self, gen: Generation, was: State, status: int, oom_killed: bool) -> str:
         if was is State.KILLED:
             return f"no READY=1 within {self.settings.ready_timeout:g}s (--ready-timeout), killed"
         lived = self.host.now() - gen.spawned_at
@@ -544,7 +555,9 @@ class Supervisor:
                 "of using the sockets passed in SERVER_STARTER_PORT",
                 priority=NOTICE,
             )
-        return f"exited before it was ready, {describe_status(status)}"
+        return f"exited before it was ready, {describe_status(status)}" + (
+            OOM_KILLED if oom_killed else ""
+        )
 
     def _start_failed(self, gen: Generation, reason: str) -> None:
         self.failures += 1

@@ -284,7 +284,10 @@ def _running_superdaemons() -> list[tuple[int, list[str], dict[str, str]]]:
             continue
         if argv[1] not in ENTRY_POINTS:
             continue
-        if any(a in ("--restart", "--upgrade", "--stop", "--version") for a in argv[2:]):
+        if any(
+            a in ("--restart", "--upgrade", "--stop", "--drain-orphans", "--version")
+            for a in argv[2:]
+        ):
             continue  # a client, not a superdaemon
         found.append((int(entry), argv[2:], dict(p.split("=", 1) for p in pairs)))
     return found

@@ -1,0 +1,92 @@
+"""Whom the OOM killer takes when the service runs out of memory.
+
+A reload runs two generations at once, so with ``MemoryMax=`` it may need
+more than the service is given; the kernel then kills the process of the
+cgroup with the highest badness, its memory weighted by ``oom_score_adj``.
+We rank them: a starting generation first (1000: it is the one to fail),
+the serving one next, the superdaemon last (it keeps the score the unit
+gave it, ``OOMScoreAdjust=``).  Anyone may raise a score; lowering it back is
+allowed down to the score the service started with, so no privilege is
+needed.  The units set ``OOMPolicy=continue``: systemd's default would stop
+the whole service at the first OOM kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+STARTING_SCORE = 1000  # the most a score can be: the first victim
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def own_score() -> int:
+    try:
+        with open("/proc/self/oom_score_adj") as score:
+            return int(score.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def serving_score(own: int) -> int:
+    """Halfway between the superdaemon's score and a starting generation's."""
+    return own + (STARTING_SCORE - own) // 2
+
+
+def set_score(pid: int, score: int) -> None:
+    """Give ``pid`` and its descendants (a gunicorn's workers) ``score``;
+    best effort: one that has gone meanwhile is no matter."""
+    for process in [pid, *_descendants(pid)]:
+        with contextlib.suppress(OSError), open(f"/proc/{process}/oom_score_adj", "w") as out:
+            out.write(str(score))
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                with open(f"/proc/{parent}/task/{thread}/children") as children:
+                    pending += [int(child) for child in children.read().split()]
+            except (OSError, ValueError):
+                continue
+        if parent != pid:
+            found.append(parent)
+    return found
+
+
+def kills() -> int | None:
+    """How many processes of our memory cgroup the OOM killer has killed
+    (None where the kernel does not say)."""
+    for path, name in _memory_cgroup_files():
+        try:
+            with open(path) as events:
+                for line in events:
+                    key, _, value = line.partition(" ")
+                    if key == name:
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _memory_cgroup_files() -> list[tuple[str, str]]:
+    files: list[tuple[str, str]] = []
+    try:
+        with open("/proc/self/cgroup") as cgroups:
+            for line in cgroups:
+                hierarchy, controllers, path = line.rstrip("\n").split(":", 2)
+                if "memory" in controllers.split(","):  # cgroup v1
+                    files.append((f"{CGROUP_ROOT}/memory{path}/memory.oom_control", "oom_kill"))
+                elif hierarchy == "0":  # cgroup v2
+                    files.append((f"{CGROUP_ROOT}{path}/memory.events", "oom_kill"))
+    except (OSError, ValueError):
+        pass
+    # The v1 memory controller, where it is mounted, is the one that limits.
+    return sorted(files, key=lambda file: "/memory/" not in file[0])
