@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 
-.PHONY: deps demo test lint deb bench clean
+.PHONY: deps demo test lint deb bench soak clean
 
 deps:
 	@scripts/install-deps.sh
@@ -32,6 +32,10 @@ MODE ?= full
 bench: deps
 	@scripts/install-deps.sh bench
 	$(BIN)/python bench/benchmark.py --mode=$(MODE)
+
+# 1,000 reloads per app under load (about 15 minutes); `make test` runs 100.
+soak: deps
+	SOAK_RELOADS=1000 $(BIN)/pytest -q -s --timeout=3600 tests/test_soak.py
 
 clean:
 	rm -rf $(VENV) .venv-gunicorn dist build .mypy_cache .ruff_cache .pytest_cache .hypothesis demo.pid demo.status
