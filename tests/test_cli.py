@@ -270,7 +270,7 @@ def test_bad_control_request_leaves_the_generation_serving(tmp_path: Path) -> No
 def test_restart_client_reads_a_refusal_sent_before_its_request() -> None:
     # The superdaemon answers a refused peer and closes at once; writing the
     # request then fails with EPIPE, and the answer must still be read.
-    from server_starter.control import exchange
+    from server_starter.superdaemon.control import exchange
 
     client, superdaemon = socket.socketpair()
     superdaemon.sendall(b"error permission denied\n")

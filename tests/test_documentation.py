@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from server_starter.cli import build_parser
+from server_starter.superdaemon.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN_PAGE = ROOT / "packaging" / "debian" / "start_server.1"

@@ -18,17 +18,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server_starter import listener
-from server_starter.control import MAX_REQUEST
-from server_starter.environment import PortVariableError, load_envdir
-from server_starter.notify import NotifyReceiver, parse
-from server_starter.settings import (
+from server_starter.contract import PortVariableError, parse_notify
+from server_starter.superdaemon.control import MAX_REQUEST
+from server_starter.superdaemon.environment import load_envdir
+from server_starter.superdaemon.notify import NotifyReceiver
+from server_starter.superdaemon.settings import (
     SettingError,
     parse_mode,
     parse_positive_int,
     parse_seconds,
     parse_signal,
 )
-from server_starter.sockets import SocketError, adopt_inherited, inherited_fd_count, parse_path
+from server_starter.superdaemon.sockets import (
+    SocketError,
+    adopt_inherited,
+    inherited_fd_count,
+    parse_path,
+)
 from support import (
     EXAMPLE_APP,
     START_SERVER,
@@ -158,8 +164,8 @@ def test_notify_datagrams_of_any_bytes_and_size(payloads: list[bytes]) -> None:
         messages = notifier.receive()
     assert len(messages) == len(payloads)
     for message, payload in zip(messages, payloads, strict=True):
-        assert all(isinstance(k, str) and isinstance(v, str) for k, v in message.fields.items())
-        assert message.fields == parse(payload[:4096])  # longer ones are cut, not misread
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in message.items())
+        assert message == parse_notify(payload[:4096])  # longer ones are cut, not misread
 
 
 def test_a_notify_datagram_with_descriptors_attached_leaks_none() -> None:
@@ -171,7 +177,7 @@ def test_a_notify_datagram_with_descriptors_attached_leaks_none() -> None:
         for fd in opened:
             os.close(fd)
         (message,) = notifier.receive()
-        assert message.fields == {"READY": "1"}
+        assert message == {"READY": "1"}
         during = len(os.listdir("/proc/self/fd"))
     assert during == before + 2  # the receiver's and the sender's sockets only
 

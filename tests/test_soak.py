@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from server_starter.control import request
+from server_starter.superdaemon.control import request
 from support import (
     EXAMPLE_APP,
     START_SERVER,

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server_starter.environment import PortVariableError, decode_ports, encode_ports, load_envdir
-from server_starter.sockets import PortSpec, SocketError, parse_path, parse_port
+from server_starter.contract import PortVariableError, decode_ports, encode_ports
+from server_starter.superdaemon.environment import load_envdir
+from server_starter.superdaemon.sockets import PortSpec, SocketError, parse_path, parse_port
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from server_starter.journal import EventLog
-from server_starter.notify import parse
-from server_starter.settings import Settings
-from server_starter.spawn import SpawnError
-from server_starter.supervisor import Host, State, Supervisor
+from server_starter.contract import parse_notify as parse
+from server_starter.superdaemon.journal import EventLog
+from server_starter.superdaemon.settings import Settings
+from server_starter.superdaemon.spawn import SpawnError
+from server_starter.superdaemon.supervisor import Host, State, Supervisor
 
 TERM, KILL = signal.SIGTERM, signal.SIGKILL
 

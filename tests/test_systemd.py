@@ -54,6 +54,10 @@ VERSION = subprocess.run(
     check=False,
 ).stdout.strip()
 UPGRADE = f"{VERSION}+upgrade1"
+# The last commit with 0.1.0's layout as released, every module in one
+# folder: installed versions of it must upgrade in place to today's.
+FLAT_LAYOUT_COMMIT = "d4593bc868f65070255699bf9a017f059c7f1256"
+FLAT = f"{VERSION}~flat"  # sorts before VERSION
 
 
 class Ab:
@@ -139,8 +143,34 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out = tmp_path_factory.mktemp("debs")
         build_debs(out, VERSION)
         build_debs(out, UPGRADE)
+        build_flat_layout_debs(out)
         roots.result()
     return out
+
+
+def build_flat_layout_debs(out: Path) -> None:
+    """The .debs of 0.1.0's layout, built from its commit in a worktree."""
+    worktree = out / "flat-layout"
+    git = ["git", "-C", str(ROOT)]
+    added = subprocess.run(
+        [*git, "worktree", "add", "--detach", str(worktree), FLAT_LAYOUT_COMMIT],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert added.returncode == 0, f"the flat layout's commit is needed: {added.stderr}"
+    try:
+        build = subprocess.run(
+            [str(worktree / "scripts" / "build-deb.sh"), FLAT],
+            env={**os.environ, "DIST_DIR": str(out)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert build.returncode == 0, build.stderr[-3000:]
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(worktree)], check=False)
 
 
 @pytest.fixture(scope="module", params=list(SUITES))
@@ -160,16 +190,17 @@ def say(capsys: pytest.CaptureFixture[str], machine: Machine, figures: str) -> N
     report(capsys, f"{machine.suite.release}: {figures}")
 
 
+def apt_get(machine: Machine, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return machine.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", *arguments, timeout=300)
+
+
 def apt_install(machine: Machine, version: str) -> subprocess.CompletedProcess[str]:
-    return machine.run(
-        "env",
-        "DEBIAN_FRONTEND=noninteractive",
-        "apt-get",
+    return apt_get(
+        machine,
         "install",
         "-y",
         f"/debs/server-starter_{version}_all.deb",
         f"/debs/server-starter-example_{version}_all.deb",
-        timeout=300,
     )
 
 
@@ -482,14 +513,14 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
 # Loaded by every python3 of app.service through PYTHONPATH (a drop-in):
 # the superdaemon's reload raises, as a bug in it would.
 PROVOKED_BUG = """\
-import server_starter.supervisor
+import server_starter.superdaemon.supervisor
 
 
 def request_reload(self, answer, announcement):
     raise RuntimeError("a bug in the superdaemon, provoked by the test")
 
 
-server_starter.supervisor.Supervisor.request_reload = request_reload
+server_starter.superdaemon.supervisor.Supervisor.request_reload = request_reload
 """
 BUG_DROP_IN = "/etc/systemd/system/app.service.d/provoked-bug.conf"
 
@@ -660,15 +691,7 @@ def test_apt_upgrade_of_server_starter_upgrades_the_superdaemon_in_place(
     worker = (headers["x-server-starter-generation"], headers["x-worker-pid"])
     with Ab(concurrency=200) as ab:
         ab.wait_for_traffic()
-        installed = machine.run(
-            "env",
-            "DEBIAN_FRONTEND=noninteractive",
-            "apt-get",
-            "install",
-            "-y",
-            f"/debs/server-starter_{UPGRADE}_all.deb",
-            timeout=300,
-        )
+        installed = apt_install_server_starter(machine, UPGRADE)
         ab.keep_going(1.0)
     assert f"upgraded in place from {VERSION} to {UPGRADE}" in installed.stdout, installed.stdout
     assert machine.show("app", "MainPID") == main_pid, "the upgrade restarted the service"
@@ -699,7 +722,7 @@ def test_a_broken_installed_version_is_refused_and_the_old_one_serves(machine: M
     """The installed code fails to import: asked to upgrade (SIGUSR2 to the
     main process: the command itself would not import either), the running
     superdaemon keeps serving and the journal says why."""
-    module = "/usr/lib/python3/dist-packages/server_starter/host.py"
+    module = "/usr/lib/python3/dist-packages/server_starter/superdaemon/host.py"
     main_pid = machine.show("app", "MainPID")
     machine.run("cp", module, "/root/host.py.good")
     machine.run("sh", "-c", f"echo \"raise ImportError('a broken build')\" >> {module}")
@@ -1007,20 +1030,46 @@ def test_template_instances_reload_alone(
     )
 
 
+def test_the_flat_layout_of_0_1_0_upgrades_in_place_to_todays(
+    machine: Machine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """0.1.0 as released kept every module in one folder; today's superdaemon
+    lives in server_starter.superdaemon.  Both ways in place: apt installs
+    the flat build (its postinst makes today's superdaemon exec it), then
+    today's again under load: same MainPID, same worker, no request failed."""
+    main_pid = machine.show("app", "MainPID")
+    down = apt_install_server_starter(machine, FLAT, "--allow-downgrades")
+    assert f"upgraded in place from {UPGRADE} to {FLAT}" in down.stdout, down.stdout
+    _, headers, _ = http_get(PORT, timeout=60)
+    worker = headers["x-worker-pid"]
+    with Ab(concurrency=200) as ab:
+        ab.wait_for_traffic()
+        up = apt_install_server_starter(machine, UPGRADE)
+        ab.keep_going(1.0)
+    assert f"upgraded in place from {FLAT} to {UPGRADE}" in up.stdout, up.stdout
+    assert machine.show("app", "MainPID") == main_pid, "an upgrade restarted the service"
+    assert http_get(PORT)[1]["x-worker-pid"] == worker
+    assert (ab.failed, ab.non_2xx, ab.refused) == (0, 0, 0), ab.output
+    machine.run("systemctl", "reload", "app")  # the new layout's reload works
+    say(
+        capsys,
+        machine,
+        f"in place from today's layout to 0.1.0's flat one and back, under ab -c 200: "
+        f"{ab.complete} requests, {ab.failed} failed; MainPID {main_pid} and worker {worker} kept",
+    )
+
+
+def apt_install_server_starter(
+    machine: Machine, version: str, *options: str
+) -> subprocess.CompletedProcess[str]:
+    return apt_get(machine, "install", "-y", *options, f"/debs/server-starter_{version}_all.deb")
+
+
 def test_purge_leaves_nothing_and_gives_start_server_back(machine: Machine) -> None:
     """Last: both packages purged under a running app; what they installed,
     enabled and diverted is gone, and start_server is Perl's again."""
     assert http_get(PORT, timeout=60)[0] == 200
-    machine.run(
-        "env",
-        "DEBIAN_FRONTEND=noninteractive",
-        "apt-get",
-        "purge",
-        "-y",
-        "server-starter-example",
-        "server-starter",
-        timeout=300,
-    )
+    apt_get(machine, "purge", "-y", "server-starter-example", "server-starter")
     listed = machine.run("dpkg-query", "-W", "-f=${Package}\\n").stdout.split()
     assert "server-starter" not in listed and "server-starter-example" not in listed
     for unit in ("app.socket", "app.service"):

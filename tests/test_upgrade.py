@@ -170,7 +170,7 @@ def test_a_broken_new_version_changes_nothing(tmp_path: Path) -> None:
     with running(argv, env=env) as daemon:
         daemon.wait_for(r"is ready")
         worker = serving_worker(port)
-        with (installed / "server_starter" / "host.py").open("a") as broken:
+        with (installed / "server_starter" / "superdaemon" / "host.py").open("a") as broken:
             broken.write("\nraise ImportError('a broken build of host.py')\n")
         result = upgrade(pid_file)  # the client runs the good copy
         assert result.returncode == 1

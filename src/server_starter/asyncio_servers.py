@@ -51,7 +51,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any
 
-from .listener import listen_all
+from .contract import listen_all
 
 __all__ = [
     "AsyncioServers",

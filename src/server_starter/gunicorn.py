@@ -32,8 +32,8 @@ import contextlib
 import os
 import threading
 
-from . import listener, notify
-from .fds import SD_LISTEN_FDS_START, fd_is_open
+from . import contract, listener
+from .contract import SD_LISTEN_FDS_START, fd_is_open
 
 __all__ = [
     "control_socket_disable",
@@ -109,7 +109,7 @@ class _Readiness:
             booted += len(chunk)
         if self.notify_socket:
             with contextlib.suppress(OSError):  # the superdaemon is gone
-                notify.send(
+                contract.notify(
                     f"READY=1\nSTATUS=gunicorn with {booted} workers booted", self.notify_socket
                 )
         os.close(self.read_end)

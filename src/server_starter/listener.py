@@ -17,8 +17,8 @@ import socket
 import socketserver
 from collections.abc import Callable, Mapping
 
-from . import notify
-from .environment import GENERATION_VARIABLE, PORT_VARIABLE, PortVariableError, decode_ports
+from . import contract
+from .contract import GENERATION_VARIABLE, NotUnderServerStarter, listen_all, ports
 
 __all__ = [
     "NotUnderServerStarter",
@@ -41,44 +41,6 @@ if TYPE_CHECKING:
     from .asyncio_servers import AsyncioServers
 
     ServerT = TypeVar("ServerT", bound=socketserver.BaseServer)
-
-
-class NotUnderServerStarter(RuntimeError):
-    """``SERVER_STARTER_PORT`` is not set: the process was not started by a
-    start_server superdaemon."""
-
-
-def ports(environ: Mapping[str, str] | None = None) -> dict[str, int]:
-    """The inherited sockets as an ordered ``{key: fd}`` mapping, e.g.
-    ``{"8080": 3, "127.0.0.1:8081": 4, "/run/app.sock": 5}``.
-
-    Raises NotUnderServerStarter without a superdaemon, and ValueError
-    (PortVariableError) when the variable is malformed."""
-    env = os.environ if environ is None else environ
-    value = env.get(PORT_VARIABLE)
-    if value is None:
-        raise NotUnderServerStarter(
-            f"no environment variable {PORT_VARIABLE}: start this program under start_server, "
-            "e.g. start_server --port 8080 -- PROGRAM"
-        )
-    return decode_ports(value)
-
-
-def listen_all(environ: Mapping[str, str] | None = None) -> list[socket.socket]:
-    """One socket object per inherited descriptor, in ``SERVER_STARTER_PORT``
-    order: TCP (IPv4 and IPv6) and unix listeners, and UDP sockets, with their
-    family and type read from the descriptor itself."""
-    sockets = []
-    for key, fd in ports(environ).items():
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError as err:
-            raise PortVariableError(
-                f"{PORT_VARIABLE} names descriptor {fd} for {key!r}, but it is not an open "
-                f"socket: {err.strerror or err}"
-            ) from None
-        sockets.append(sock)
-    return sockets
 
 
 def generation(environ: Mapping[str, str] | None = None) -> int | None:
@@ -110,7 +72,7 @@ def _tell(message: str) -> bool:
     # notify socket gone) is drained by the unit's ExecStopPost= and must
     # still finish its requests.  sd_notify() too only returns an error.
     try:
-        return notify.send(message)
+        return contract.notify(message)
     except OSError:
         return False
 

@@ -37,6 +37,37 @@ from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
 from .settings import SettingError, Settings, Tunables, signal_name
 from .spawn import SpawnError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
+    from typing import TypedDict
+
+    class GenerationState(TypedDict):
+        number: int
+        pid: int
+        spawned_at: float
+        is_reload: bool
+        state: str
+        deadline: float | None
+        ready_at: float | None
+        streak_at_ready: int
+
+    class ReloadState(TypedDict):
+        generation: int | None
+        replaced: int | None
+        failure: str | None
+        answers: list[int]  # the waiting clients, by their index in the hand-over
+
+    class SupervisorState(TypedDict):
+        generations: list[GenerationState]
+        generation_count: int
+        failures: int
+        retry_at: float | None
+        last_restart: float | None
+        stopping: bool
+        reloads: list[ReloadState]
+        next_reload: ReloadState | None
+
+
 # A worker that exits this soon after its spawn with a failure often could
 # not bind: it binds the port itself instead of using the inherited sockets.
 # Its output goes straight to our stderr or the journal, unread by us, so
@@ -139,7 +170,7 @@ class Generation:
         self.ready_at = ready_at  # None: never ready, so its exit is a failed start
         self.streak_at_ready = streak_at_ready  # failures in a row its start ended
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> GenerationState:
         return {
             "number": self.number,
             "pid": self.pid,
@@ -152,20 +183,16 @@ class Generation:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Generation:
-        def number(key: str) -> float | None:
-            value = data[key]
-            return None if value is None else float(value)  # type: ignore[arg-type]
-
+    def from_dict(cls, data: GenerationState) -> Generation:
         return cls(
-            number=int(data["number"]),  # type: ignore[call-overload]
-            pid=int(data["pid"]),  # type: ignore[call-overload]
-            spawned_at=float(data["spawned_at"]),  # type: ignore[arg-type]
-            is_reload=bool(data["is_reload"]),
+            number=data["number"],
+            pid=data["pid"],
+            spawned_at=data["spawned_at"],
+            is_reload=data["is_reload"],
             state=State(data["state"]),
-            deadline=number("deadline"),
-            ready_at=number("ready_at"),
-            streak_at_ready=int(data["streak_at_ready"]),  # type: ignore[call-overload]
+            deadline=data["deadline"],
+            ready_at=data["ready_at"],
+            streak_at_ready=data["streak_at_ready"],
         )
 
 
@@ -226,7 +253,7 @@ class Supervisor:
         self.reloads: list[Reload] = []  # started or waiting for the STARTING one to settle
         self.next_reload: Reload | None = None  # asked for while a generation was starting
         self.finished = False
-        # In-place upgrade (upgrade.py), given by whoever owns the resources.
+        # In-place upgrade (handover.py), given by whoever owns the resources.
         self.upgrader: Callable[[Answer | None], None] | None = None
 
     # -- the loop ---------------------------------------------------------
@@ -367,7 +394,7 @@ class Supervisor:
             self.next_reload.answers.append(answer)
 
     def upgrade(self, answer: Answer | None) -> None:
-        """Become the installed version in place (upgrade.py); workers untouched."""
+        """Become the installed version in place (handover.py); workers untouched."""
         refusal = None
         if self.stopping:
             refusal = "start_server is stopping"
@@ -753,13 +780,13 @@ class Supervisor:
 
     def snapshot(
         self, answer_id: Callable[[Answer], int | None] = lambda _: None
-    ) -> dict[str, object]:
+    ) -> SupervisorState:
         """The state as plain data (JSON-serialisable): the generations,
         counters and backoff, and the reloads in flight with their waiting
         clients, named by ``answer_id`` (None: a client that cannot be
         handed over, left out)."""
 
-        def reload_data(reload: Reload) -> dict[str, object]:
+        def reload_data(reload: Reload) -> ReloadState:
             ids = [answer_id(answer) for answer in reload.answers]
             return {
                 "generation": reload.generation.number if reload.generation else None,
@@ -779,39 +806,35 @@ class Supervisor:
             "next_reload": reload_data(self.next_reload) if self.next_reload else None,
         }
 
-    def restore(self, data: dict[str, object], answers: Sequence[Answer] = ()) -> None:
+    def restore(self, data: SupervisorState, answers: Sequence[Answer] = ()) -> None:
         """Take over the state ``snapshot()`` wrote; ``answers[i]`` is client i."""
-        self.generations = [Generation.from_dict(g) for g in data["generations"]]  # type: ignore[attr-defined]
-        self.generation_count = int(data["generation_count"])  # type: ignore[call-overload]
-        self.failures = int(data["failures"])  # type: ignore[call-overload]
-        self.retry_at = data["retry_at"]  # type: ignore[assignment]
-        self.last_restart = data["last_restart"]  # type: ignore[assignment]
-        self.stopping = bool(data["stopping"])
+        self.generations = [Generation.from_dict(g) for g in data["generations"]]
+        self.generation_count = data["generation_count"]
+        self.failures = data["failures"]
+        self.retry_at = data["retry_at"]
+        self.last_restart = data["last_restart"]
+        self.stopping = data["stopping"]
         by_number = {g.number: g for g in self.generations}
 
-        def numbered(number: object, was_ready: bool) -> Generation | None:
+        def numbered(number: int | None, was_ready: bool) -> Generation | None:
             if number is None:
                 return None
-            assert isinstance(number, int)
             # One gone by now (a failed start, an old one exited) is rebuilt as reaped.
             gone = Generation(number, -1, 0.0, True, State.REAPED)
             gone.ready_at = 0.0 if was_ready else None
             return by_number.get(number, gone)
 
-        def reload_from(entry: dict[str, object]) -> Reload:
+        def reload_from(entry: ReloadState) -> Reload:
             reload = Reload()
             reload.generation = numbered(entry["generation"], was_ready=False)
             reload.replaced = numbered(entry["replaced"], was_ready=True)
-            failure = entry["failure"]
-            reload.failure = failure if isinstance(failure, str) else None
-            ids = entry["answers"]
-            assert isinstance(ids, list)
-            reload.answers = [answers[i] for i in ids]
+            reload.failure = entry["failure"]
+            reload.answers = [answers[i] for i in entry["answers"]]
             return reload
 
-        self.reloads = [reload_from(r) for r in data["reloads"]]  # type: ignore[attr-defined]
+        self.reloads = [reload_from(r) for r in data["reloads"]]
         following = data["next_reload"]
-        self.next_reload = reload_from(following) if following else None  # type: ignore[arg-type]
+        self.next_reload = reload_from(following) if following else None
 
 
 def _may_have_bound(status: int) -> bool:

@@ -1,20 +1,12 @@
-"""The environment contract between the superdaemon and its workers.
-
-``SERVER_STARTER_PORT`` is ``KEY=FD`` entries joined by ``;`` (Perl writes it
-that way and every worker library reads it so); ``SERVER_STARTER_GENERATION``
-counts spawn attempts from 1.
-"""
+"""The workers' environment, made by the superdaemon: its own variables left
+out, the envdir's layered on, the contract's set (see contract.py)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-PORT_VARIABLE = "SERVER_STARTER_PORT"
-GENERATION_VARIABLE = "SERVER_STARTER_GENERATION"
-
-# Variables Perl's start_server exports to workers when they are set.
-PERL_EXPORTED = ("ENVDIR", "ENABLE_AUTO_RESTART", "AUTO_RESTART_INTERVAL", "KILL_OLD_DELAY")
+from ..contract import GENERATION_VARIABLE, PORT_VARIABLE
 
 # The descriptor of the state an in-place upgrade hands to the new image.
 RESUME_VARIABLE = "SERVER_STARTER_RESUME_FD"
@@ -29,45 +21,6 @@ SUPERDAEMON_ONLY = (
     "WATCHDOG_PID",
     "WATCHDOG_USEC",
 )
-
-
-class PortVariableError(ValueError):
-    """A malformed SERVER_STARTER_PORT."""
-
-
-def encode_ports(entries: Iterable[tuple[str, int]]) -> str:
-    """``[("8080", 3), ("/tmp/s", 4)]`` -> ``"8080=3;/tmp/s=4"``."""
-    parts = []
-    for key, fd in entries:
-        if not key or ";" in key or "=" in key:
-            raise PortVariableError(f"socket key {key!r} cannot be written to {PORT_VARIABLE}")
-        if fd < 0:
-            raise PortVariableError(f"descriptor {fd} for {key!r} is negative")
-        parts.append(f"{key}={fd}")
-    return ";".join(parts)
-
-
-def decode_ports(value: str) -> dict[str, int]:
-    """Parse ``SERVER_STARTER_PORT`` into an ordered ``{key: fd}`` mapping.
-
-    Splits on ``;`` and then on the last ``=`` (descriptor numbers never hold
-    one; Perl splits on the first, which agrees for every key it can write).
-    """
-    ports: dict[str, int] = {}
-    if value == "":
-        return ports
-    for entry in value.split(";"):
-        key, sep, fd_text = entry.rpartition("=")
-        if not sep or not key:
-            raise PortVariableError(f"malformed {PORT_VARIABLE} entry {entry!r}: expected KEY=FD")
-        if not fd_text.isdigit():
-            raise PortVariableError(
-                f"malformed {PORT_VARIABLE} entry {entry!r}: {fd_text!r} is not a descriptor"
-            )
-        if key in ports:
-            raise PortVariableError(f"malformed {PORT_VARIABLE}: {key!r} appears twice")
-        ports[key] = int(fd_text)
-    return ports
 
 
 def load_envdir(path: str | None) -> dict[str, str]:

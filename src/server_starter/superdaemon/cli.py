@@ -1,6 +1,7 @@
 """The ``start_server`` command line: Perl start_server 0.35's options, plus
 readiness, stop and control options of our own, and which command they ask
-for: serve (serve.py), ``--restart`` or ``--stop`` (control.py), ``--version``."""
+for: serve (serve.py), ``--restart``, ``--upgrade`` or ``--stop`` (control.py),
+``--drain-orphans`` (orphans.py), ``--version``."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__, orphans
+from .. import __version__
+from ..contract import PortVariableError
+from . import orphans
 from .control import ControlError, control_socket_path, no_superdaemon_for, request, stop
-from .environment import PortVariableError
 from .serve import StartupError, UsageError, serve
 from .settings import (
     DEFAULT_PATH_MODE,

@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
+from .. import contract
 from . import notify, oom
 from .control import ControlServer, write_status_file
 from .settings import Settings
@@ -28,6 +29,17 @@ from .supervisor import HANDLED_SIGNALS, Host, Supervisor
 NOTIFY_TIMEOUT = 2.0
 
 Handler = Callable[[Supervisor], None]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
+    from typing import TypedDict
+
+    class WorkerState(TypedDict):
+        """A worker handed over: its pid and its generation's notify socket."""
+
+        pid: int
+        notify_fd: int
+        notify_address: str
 
 
 class _Worker:
@@ -132,23 +144,28 @@ class SystemHost(Host):
             worker.notifier.sock, lambda supervisor: self._on_notify_socket(supervisor, worker)
         )
 
-    # -- the hand-over of an in-place upgrade (see upgrade.py) --------------
+    # -- the hand-over of an in-place upgrade (see handover.py) ---------------
 
-    def handover(self) -> list[dict[str, object]]:
-        """Each worker's pid and notify socket, for the next image."""
+    def handover(self, keep: Callable[[int], int]) -> list[WorkerState]:
+        """Each worker's pid and notify socket, for the next image; ``keep``
+        registers each descriptor named (handover.Descriptors)."""
         return [
-            {"pid": w.pid, "notify_fd": w.notifier.fileno(), "notify_address": w.notifier.address}
+            {
+                "pid": w.pid,
+                "notify_fd": keep(w.notifier.fileno()),
+                "notify_address": w.notifier.address,
+            }
             for w in self.workers.values()
         ]
 
-    def adopt(self, workers: list[dict[str, object]]) -> None:
+    def adopt(self, workers: list[WorkerState]) -> None:
         """Watch the workers the previous image handed over.  One that exited
         during the exec is a zombie still: its pidfd is readable at once."""
         for entry in workers:
-            pid, fd, address = entry["pid"], entry["notify_fd"], entry["notify_address"]
-            assert isinstance(pid, int) and isinstance(fd, int) and isinstance(address, str)
-            notifier = notify.NotifyReceiver("", adopt=(fd, address))
-            self._watch(_Worker(pid, os.pidfd_open(pid), notifier))
+            notifier = notify.NotifyReceiver(
+                "", adopt=(entry["notify_fd"], entry["notify_address"])
+            )
+            self._watch(_Worker(entry["pid"], os.pidfd_open(entry["pid"]), notifier))
 
     def serving(self, pid: int) -> None:
         oom.set_score(pid, self.serving_score)
@@ -170,7 +187,7 @@ class SystemHost(Host):
 
     def _on_notify_socket(self, supervisor: Supervisor, worker: _Worker) -> None:
         for message in worker.notifier.receive():
-            supervisor.on_message(worker.pid, message.fields)
+            supervisor.on_message(worker.pid, message)
 
     def _forget(self, worker: _Worker) -> None:
         del self.workers[worker.pid]
@@ -190,7 +207,7 @@ class SystemHost(Host):
             return
         try:
             # Bounded: a manager that stops reading must not freeze the event loop.
-            notify.send(message, self.systemd_socket, timeout=NOTIFY_TIMEOUT)
+            contract.notify(message, self.systemd_socket, timeout=NOTIFY_TIMEOUT)
         except OSError as err:
             reason = err.strerror or f"its queue stayed full for {NOTIFY_TIMEOUT:g}s"
             raise OSError(f"at {self.systemd_socket}: {reason}") from None

@@ -1,11 +1,13 @@
 """How other processes observe and steer a running superdaemon: the pid file,
-the status file, and the control socket behind ``--restart``, both its sides.
+the status file, and the control socket behind ``--restart`` and
+``--upgrade``, both its sides.
 
-The control socket speaks one line each way: the client sends ``reload``;
-the superdaemon answers ``ok MESSAGE`` once the new generation is ready and
-the old ones have been signalled, or ``error MESSAGE`` when the reload
-failed.  One request per connection, at most ``MAX_REQUEST`` bytes.  Only
-our own user and root may use it (peer credentials, and a 0600 socket file).
+The control socket speaks one line each way: the client sends ``reload``
+(or ``upgrade``); the superdaemon answers ``ok MESSAGE`` once the new
+generation is ready and the old ones have been signalled (or the new
+version runs), or ``error MESSAGE`` when it failed.  One request per
+connection, at most ``MAX_REQUEST`` bytes.  Only our own user and root may
+use it (peer credentials, and a 0600 socket file).
 """
 
 from __future__ import annotations
@@ -26,9 +28,16 @@ from .sockets import socket_is_live
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO
+    from typing import IO, TypedDict
 
     from .supervisor import Supervisor
+
+    class ConnectionState(TypedDict):
+        """A control client waiting, handed over: its socket and what it sent."""
+
+        fd: int
+        buffer: str
+
 
 MAX_REQUEST = 256
 
@@ -241,24 +250,24 @@ class ControlServer:
         if self._spare is not None:
             os.close(self._spare)
 
-    # -- the hand-over of an in-place upgrade (see upgrade.py) --------------
+    # -- the hand-over of an in-place upgrade (see handover.py) -------------
 
-    def handover(self) -> list[dict[str, object]]:
+    def handover(self, keep: Callable[[int], int]) -> list[ConnectionState]:
         """The clients still waiting (for a reload's outcome, most often)."""
         self.connections = [c for c in self.connections if not c.done]
         return [
-            {"fd": c.conn.fileno(), "buffer": c.buffer.decode(errors="replace")}
+            {"fd": keep(c.conn.fileno()), "buffer": c.buffer.decode(errors="replace")}
             for c in self.connections
         ]
 
-    def adopt(self, connections: list[dict[str, object]]) -> list[_Connection]:
+    def adopt(self, connections: list[ConnectionState]) -> list[_Connection]:
         """Take back the clients handed over, in the same order (after attach)."""
         for entry in connections:
-            conn = socket.socket(fileno=int(entry["fd"]))  # type: ignore[call-overload]
+            conn = socket.socket(fileno=entry["fd"])
             conn.set_inheritable(False)
             conn.setblocking(False)
             connection = _Connection(conn, self._register, self._unregister)
-            connection.buffer = str(entry["buffer"]).encode()
+            connection.buffer = entry["buffer"].encode()
             self.connections.append(connection)
         return list(self.connections)
 

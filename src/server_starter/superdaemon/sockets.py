@@ -17,8 +17,8 @@ import socket
 import stat
 from collections.abc import Mapping, Sequence
 
+from ..contract import SD_LISTEN_FDS_START
 from . import holders
-from .fds import SD_LISTEN_FDS_START
 
 UNIX_PATH_MAX = 107  # sizeof(sun_path) - 1 for the terminating NUL
 

@@ -12,10 +12,13 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
+from ..contract import encode_ports
+from . import handover
 from .control import ControlServer, PidFile, control_socket_path, listen_control
-from .environment import RESUME_VARIABLE, encode_ports
+from .environment import RESUME_VARIABLE
 from .host import SystemHost
-from .journal import EventLog, under_systemd
+from .journal import WARNING, Event, EventLog, under_systemd
 from .settings import SettingError, Settings, export_perl_variables
 from .sockets import (
     Listener,
@@ -44,11 +47,12 @@ class StartupError(Exception):
 
 
 def serve(args: argparse.Namespace) -> int:
-    resume = os.environ.pop(RESUME_VARIABLE, None)
-    if resume is not None:
-        from .upgrade import resume as resume_from
-
-        return resume_from(args, int(resume))
+    """Start serving (the first of the two ways a running superdaemon is
+    made), or carry on where the previous image of this process left off
+    (the second: :func:`resume`)."""
+    resume_fd = os.environ.pop(RESUME_VARIABLE, None)
+    if resume_fd is not None:
+        return resume(args, int(resume_fd))
     if args.daemonize and args.log_file is None:
         raise UsageError("--log-file option must be specified together with --daemonize")
     if not args.command:
@@ -161,11 +165,130 @@ class Serving:
         self.supervisor.upgrader = self.upgrade
 
     def upgrade(self, answer: Answer | None) -> None:
-        """Become the installed version in place (see upgrade.py, imported
-        only now: its code would cost the resident superdaemon memory)."""
-        from .upgrade import hand_over
+        """Become the installed version in place (see handover.py): check it,
+        then exec it with the whole state.  Returns only when the upgrade did
+        not happen (and says why)."""
+        self.log.event(Event.UPGRADE, "received upgrade request, checking the installed version")
+        try:
+            new_version = handover.check_installed()
+        except handover.UpgradeError as err:
+            self._upgrade_refused(answer, str(err))
+            return
+        self.supervisor.notify_reloading(f"upgrading start_server {__version__} to {new_version}")
+        fds = handover.Descriptors()
+        connections = self.control.handover(fds.keep) if self.control else []
+        # handover() lists the live clients in the order of control.connections.
+        live = self.control.connections if self.control else []
+        by_identity = {id(client): index for index, client in enumerate(live)}
+        state: handover.State = {
+            "format": handover.HANDOVER_FORMAT,
+            "version": __version__,
+            "environ": self.environ,
+            "systemd_socket": self.systemd_socket,
+            "to_journal": self.to_journal,
+            "listeners": [
+                {
+                    "key": listener.key,
+                    "fd": fds.keep(listener.fd),
+                    "name": listener.name,
+                    "created_path": listener.created_path,
+                }
+                for listener in self.listeners
+            ],
+            "created": self.created,
+            "pid_file": None
+            if self.pid_file is None
+            else {"path": self.pid_file.path, "fd": fds.keep(self.pid_file.fileno())},
+            "control": None
+            if self.control is None or self.control_path is None
+            else {"path": self.control_path, "fd": fds.keep(self.control.sock.fileno())},
+            "connections": connections,
+            "workers": self.host.handover(fds.keep),
+            "supervisor": self.supervisor.snapshot(lambda a: by_identity.get(id(a))),
+            "upgrade_answers": [] if answer is None else [by_identity[id(answer)]],
+        }
+        state_fd = handover.write_state(state)
+        try:
+            handover.exec_new_image(state_fd, fds.kept)
+        except OSError as err:
+            os.close(state_fd)
+            self._upgrade_refused(answer, f"exec {err.filename or ''} failed: {err.strerror}")
 
-        hand_over(self, answer)
+    def _upgrade_refused(self, answer: Answer | None, reason: str) -> None:
+        self.log.event(
+            Event.UPGRADE,
+            f"upgrade refused, start_server {__version__} keeps running: {reason}",
+            priority=WARNING,
+        )
+        self.supervisor.notify_systemd(f"READY=1\nSTATUS={self.supervisor.status_text()}")
+        if answer is not None:
+            answer(False, reason)
+
+
+def resume(args: argparse.Namespace, state_fd: int) -> int:
+    """The new image's start after an in-place upgrade: adopt everything the
+    previous one handed over (see handover.py)."""
+    state = handover.read_state(state_fd)
+    environ = state["environ"]
+    settings = settings_from(args, environ)
+    listeners = [
+        Listener(
+            key=entry["key"],
+            sock=_adopted_socket(entry["fd"], inheritable=True),
+            name=entry["name"],
+            created_path=entry["created_path"],
+        )
+        for entry in state["listeners"]
+    ]
+    created = state["created"]
+    with contextlib.ExitStack() as resources:
+        if created:
+            resources.callback(close_all, listeners)
+        pid_file = None
+        if state["pid_file"] is not None:
+            pid_file = PidFile.adopt(state["pid_file"]["path"], state["pid_file"]["fd"])
+            resources.callback(pid_file.remove)
+        control = control_path = None
+        if state["control"] is not None:
+            control_path = state["control"]["path"]
+            control = ControlServer(_adopted_socket(state["control"]["fd"], inheritable=False))
+            control.sock.setblocking(False)
+        serving = Serving(
+            resources,
+            settings,
+            environ,
+            listeners,
+            created,
+            pid_file,
+            control,
+            control_path,
+            state["systemd_socket"],
+            to_journal=state["to_journal"],
+        )
+        answers: list[Answer] = list(control.adopt(state["connections"]) if control else [])
+        serving.host.adopt(state["workers"])
+        serving.supervisor.restore(state["supervisor"], answers)
+        old = state["version"]
+        serving.log.event(
+            Event.UPGRADE,
+            f"start_server upgraded in place from {old} to {__version__} (pid {os.getpid()}); "
+            f"{len(serving.supervisor.generations)} generation(s) kept",
+            old_version=old,
+            new_version=__version__,
+        )
+        serving.supervisor.notify_systemd(f"READY=1\nSTATUS={serving.supervisor.status_text()}")
+        for index in state["upgrade_answers"]:
+            answers[index](True, f"upgraded in place from {old} to {__version__}")
+        handover.unblock_signals()
+        return serving.supervisor.loop()
+
+
+def _adopted_socket(fd: int, inheritable: bool) -> socket.socket:
+    """A socket handed over; the listeners stay inheritable (the workers get
+    them), the rest close-on-exec again, as they were."""
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(inheritable)
+    return sock
 
 
 def _remove(path: str) -> None:
