@@ -1,7 +1,8 @@
 """Apps that are not gunicorn: asyncio, uvicorn (ASGI) and aiohttp on
 inherited sockets, ready on READY=1, draining on TERM; and the drain's rule
 for connections kept alive, one connection at a time.  (The socketserver
-adapter is the example app's, tested throughout.)"""
+adapter, ``listener.adopt_socketserver``, is tested in test_listener.py and
+through the README's http.server recipe in test_readme.py.)"""
 
 from __future__ import annotations
 

@@ -101,3 +101,22 @@ def test_a_drained_server_accepts_no_more(
     sock.settimeout(1)
     conn, _ = sock.accept()
     conn.close()
+
+
+def test_the_cpython_internals_the_drain_relies_on_are_still_there() -> None:
+    """stop_accepting() and wait_for_accepted_connections() reach into
+    CPython's selector loop (see asyncio_servers' docstring): fail loudly,
+    here, when a new CPython renames what they use."""
+    import inspect
+    from asyncio import selector_events
+
+    loop_class = selector_events.BaseSelectorEventLoop
+    accept2 = getattr(loop_class, "_accept_connection2", None)
+    assert accept2 is not None, "BaseSelectorEventLoop._accept_connection2 is gone"
+    assert inspect.iscoroutinefunction(accept2)
+    assert accept2.__qualname__.endswith("._accept_connection2")
+    # The accept pass schedules one such task per connection accepted.
+    accept = getattr(loop_class, "_accept_connection", None)
+    assert accept is not None, "BaseSelectorEventLoop._accept_connection is gone"
+    assert "_accept_connection2" in inspect.getsource(accept)
+    assert callable(loop_class.remove_reader)

@@ -4,6 +4,7 @@ world (--dir, --log-file with a pipe)."""
 from __future__ import annotations
 
 import socket
+import socketserver
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,3 +86,51 @@ def test_dir_and_piped_log_file(tmp_path: Path) -> None:
         daemon.signal(15)
         assert daemon.wait() == 0
     assert daemon.output() == ""
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_adopt_socketserver_serves_the_socket_it_is_given(tmp_path: Path, family: str) -> None:
+    """No socket of its own (TCPServer's __init__ would bind one); requests
+    on the given one, answered; accept never blocks (a generation sharing
+    the socket may win the connection first)."""
+    import http.server
+    import threading
+
+    if family == "tcp":
+        sock = socket.create_server(("127.0.0.1", 0))
+        server_class: type[socketserver.TCPServer] = http.server.ThreadingHTTPServer
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(tmp_path / "s.sock"))
+        sock.listen()
+        server_class = socketserver.ThreadingUnixStreamServer
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "6")
+            self.end_headers()
+            self.wfile.write(b"hello\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = listener.adopt_socketserver(server_class, Hello, sock)
+    assert server.socket is sock and server.server_address == sock.getsockname()
+    assert sock.getblocking() is False
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        with socket.socket(sock.family) as client:
+            client.settimeout(10)
+            client.connect(sock.getsockname())
+            client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := client.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.0 200") and reply.endswith(b"hello\n")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert sock.fileno() == -1  # server_close() closed the adopted socket

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from server_starter.contract import parse_notify as parse
+from server_starter.superdaemon.environment import load_envdir
 from server_starter.superdaemon.journal import EventLog
 from server_starter.superdaemon.settings import Settings
 from server_starter.superdaemon.spawn import SpawnError
@@ -36,6 +38,12 @@ class FakeHost(Host):
 
     def now(self) -> float:
         return self.clock
+
+    def pid(self) -> int:
+        return 42
+
+    def read_envdir(self, path: str) -> dict[str, str] | None:
+        return load_envdir(path) if os.path.isdir(path) else None
 
     def spawn(self, number: int, environ: dict[str, str], settings: Settings) -> int:
         if self.spawn_error is not None:

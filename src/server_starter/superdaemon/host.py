@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from .. import contract
 from . import notify, oom
 from .control import ControlServer, write_status_file
+from .environment import load_envdir
 from .settings import Settings
 from .spawn import reap, resource_error, spawn
 from .supervisor import HANDLED_SIGNALS, Host, Supervisor
@@ -114,6 +115,12 @@ class SystemHost(Host):
 
     def now(self) -> float:
         return time.monotonic()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def read_envdir(self, path: str) -> dict[str, str] | None:
+        return load_envdir(path) if os.path.isdir(path) else None
 
     def spawn(self, number: int, environ: dict[str, str], settings: Settings) -> int:
         try:

@@ -33,7 +33,7 @@ class Event(StrEnum):
 
 
 # syslog priorities
-ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
+ERR, WARNING, NOTICE, INFO = 3, 4, 5, 6
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"

@@ -169,11 +169,10 @@ def export_perl_variables(
     enable_auto_restart: bool,
     auto_restart_interval: float | None,
     kill_old_delay: float | None,
-) -> Tunables:
+) -> None:
     """Options win; otherwise Perl's environment variables stand in.  Either
-    way the value is exported to the workers, as Perl does.  Returns the
-    tunables as they stand at start-up (raises SettingError if the
-    environment holds one that is not a number)."""
+    way the value is exported to the workers, as Perl does.  Raises
+    SettingError if the environment holds one that is not a number."""
     if envdir is not None:
         environ[ENVDIR] = envdir
     if enable_auto_restart:
@@ -182,4 +181,4 @@ def export_perl_variables(
         environ[KILL_OLD_DELAY] = f"{kill_old_delay:g}"
     if auto_restart_interval is not None:
         environ[AUTO_RESTART_INTERVAL] = f"{auto_restart_interval:g}"
-    return Tunables.from_environ(environ)
+    Tunables.from_environ(environ)  # refuses a bad value now, not at the first reload

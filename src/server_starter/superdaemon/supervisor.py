@@ -32,7 +32,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 
-from .environment import load_envdir, worker_environment
+from .environment import worker_environment
 from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
 from .settings import SettingError, Settings, Tunables, signal_name
 from .spawn import SpawnError
@@ -94,6 +94,15 @@ class Host(abc.ABC):
     def now(self) -> float:
         """Monotonic seconds: CLOCK_MONOTONIC, the clock of systemd's
         ``MONOTONIC_USEC=``."""
+
+    @abc.abstractmethod
+    def pid(self) -> int:
+        """The superdaemon's own pid."""
+
+    @abc.abstractmethod
+    def read_envdir(self, path: str) -> dict[str, str] | None:
+        """The envdir's variables (environment.load_envdir), None if the
+        directory is missing."""
 
     @abc.abstractmethod
     def spawn(self, number: int, environ: dict[str, str], settings: Settings) -> int:
@@ -242,28 +251,24 @@ class Supervisor:
         self.auto_restart = Tunables.from_environ(environ).auto_restart
         self.host = host
         self.log = log
-        # Persistent state: plain data (see snapshot()).
+        # The state handed over in an in-place upgrade (see snapshot()).
         self.generations: list[Generation] = []  # alive, by number
         self.generation_count = 0
         self.failures = 0  # failed starts and unexpected deaths in a row
         self.retry_at: float | None = None
         self.last_restart: float | None = None
         self.stopping = False
-        # Transient state.
         self.reloads: list[Reload] = []  # started or waiting for the STARTING one to settle
         self.next_reload: Reload | None = None  # asked for while a generation was starting
+        # Not handed over: the new image runs its own loop.
         self.finished = False
         # In-place upgrade (handover.py), given by whoever owns the resources.
         self.upgrader: Callable[[Answer | None], None] | None = None
 
     # -- the loop ---------------------------------------------------------
 
-    def run(self) -> int:
-        self.start()
-        return self.loop()
-
     def start(self) -> None:
-        self.log.event(Event.START, f"start_server (pid:{os.getpid()}) starting now...")
+        self.log.event(Event.START, f"start_server (pid:{self.host.pid()}) starting now...")
         self._start_generation(Reload(), is_reload=False)
 
     def loop(self) -> int:
@@ -521,15 +526,14 @@ class Supervisor:
         if is_reload:
             self.notify_reloading(f"reloading: starting generation {number}")
         envdir = self.settings.envdir
-        if envdir is not None and not os.path.isdir(envdir):
+        values = self.host.read_envdir(envdir) if envdir is not None else {}
+        if values is None:
             # Perl's behaviour (start without the envdir's variables), said out loud.
             self.log.line(
                 f"envdir {envdir} is missing; generation {number} starts without its variables",
                 priority=WARNING,
             )
-        env = worker_environment(
-            self.base_environ, load_envdir(envdir), self.ports, number, self.fd_names
-        )
+        env = worker_environment(self.base_environ, values or {}, self.ports, number, self.fd_names)
         try:
             pid = self.host.spawn(number, env, self.settings)
         except SpawnError as err:
@@ -709,7 +713,8 @@ class Supervisor:
         self.request_reload(None, None)
 
     def _tunables(self) -> Tunables:
-        environ = {**self.base_environ, **load_envdir(self.settings.envdir)}
+        envdir = self.settings.envdir
+        environ = {**self.base_environ, **((self.host.read_envdir(envdir) or {}) if envdir else {})}
         try:
             return Tunables.from_environ(environ)
         except SettingError as err:
