@@ -35,7 +35,7 @@ bench: deps
 
 # 1,000 reloads per app under load (about 15 minutes); `make test` runs 100.
 soak: deps
-	SOAK_RELOADS=1000 $(BIN)/pytest -q -s --timeout=3600 tests/test_soak.py
+	SOAK_RELOADS=1000 $(BIN)/pytest -q -s --timeout=3600 tests/processes/test_soak.py
 
 clean:
 	rm -rf $(VENV) .venv-gunicorn dist build .mypy_cache .ruff_cache .pytest_cache .hypothesis demo.pid demo.status

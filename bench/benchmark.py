@@ -57,11 +57,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import proxies  # noqa: E402 - the tests' proxies and wrk
-from support import (  # noqa: E402 - the tests' real-process helpers
+# The tests' harness: real processes, proxies and wrk (the development venv
+# has tests/ on its path).
+from harness import proxies
+from harness.support import (
     APPS,
     EXAMPLE_APP,
     GUNICORN_UVICORN,
@@ -79,6 +78,8 @@ from support import (  # noqa: E402 - the tests' real-process helpers
     run_ab,
     worker_env,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PROFILES: dict[str, dict[str, Any]] = {
     # A run of the harness itself, for CI: tiny numbers, no booted systemd.
@@ -435,7 +436,7 @@ def uvicorn_library(workdir: Path) -> Path:
 
 
 def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from machine import SUITES, booted, reference_service
+    from harness.machine import SUITES, booted, reference_service
 
     debs = workdir / "debs"
     debs.mkdir()

@@ -64,6 +64,9 @@ fi
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e . \
         pytest pytest-timeout hypothesis ruff mypy uvicorn "aiohttp>=3.9"
+    # The test harness (tests/harness), importable by the tests and the bench alike.
+    site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+    echo "$(pwd)/tests" > "$site/server-starter-tests.pth"
     touch .venv/.installed
 fi
 # The newest gunicorn from PyPI, apart from Debian's (no system site-packages).

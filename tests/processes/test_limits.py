@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (
+from harness.support import (
     START_SERVER,
     Daemon,
     Load,

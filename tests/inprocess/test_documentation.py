@@ -8,7 +8,7 @@ from pathlib import Path
 
 from server_starter.superdaemon.cli import build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MAN_PAGE = ROOT / "packaging" / "debian" / "start_server.1"
 README = ROOT / "README.md"
 

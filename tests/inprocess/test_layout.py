@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "src" / "server_starter"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "server_starter"
 # The superdaemon's command `python3 -m server_starter.upgrade`, where
 # installed versions call it: a door into the superdaemon, not worker side.
 SUPERDAEMON_DOOR = "server_starter.upgrade"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (
+from harness.support import (
     EXAMPLE_APP,
     ROOT,
     START_SERVER,

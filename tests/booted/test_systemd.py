@@ -24,9 +24,8 @@ from typing import Any
 
 import pytest
 
-from machine import SUITES, Machine, booted, prepare, reference_service
-from server_starter.uvicorn_drain import MINIMUM_UVICORN
-from support import (
+from harness.machine import SUITES, Machine, booted, prepare, reference_service
+from harness.support import (
     ROOT,
     KeepAliveLoad,
     ab_figures,
@@ -38,6 +37,7 @@ from support import (
     report,
     run_ab,
 )
+from server_starter.uvicorn_drain import MINIMUM_UVICORN
 
 pytestmark = [
     pytest.mark.systemd,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from support import (
+from harness.support import (
     PERL_START_SERVER,
     REPORTER,
     START_SERVER,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (
+from harness.support import (
     APPS,
     ROOT,
     START_SERVER,

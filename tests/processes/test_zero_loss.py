@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (
+from harness.support import (
     APPS,
     DEBIAN_PYTHON,
     EXAMPLE_APP,

@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from support import (
+from harness.support import (
     REPORTER,
     START_SERVER,
     FakeManager,

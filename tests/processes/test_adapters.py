@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (
+from harness.support import (
     APPS,
     KEEP_ALIVE_SERVERS,
     START_SERVER,

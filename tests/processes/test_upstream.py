@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (
+from harness.support import (
     PERL_START_SERVER,
     ROOT,
     START_SERVER,

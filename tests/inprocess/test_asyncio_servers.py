@@ -1,5 +1,5 @@
 """The asyncio adapter's drain, in process: real sockets, one event loop,
-no superdaemon.  (Under load and reloads: tests/test_zero_loss.py.)"""
+no superdaemon.  (Under load and reloads: tests/processes/test_zero_loss.py.)"""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT
+from harness.support import ROOT
 
 pytestmark = pytest.mark.load
 

@@ -17,6 +17,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.support import (
+    EXAMPLE_APP,
+    START_SERVER,
+    Daemon,
+    free_port,
+    generation_of,
+    run_start_server,
+    running,
+    worker_env,
+)
 from server_starter import listener
 from server_starter.contract import PortVariableError, parse_notify
 from server_starter.superdaemon.control import MAX_REQUEST
@@ -34,16 +44,6 @@ from server_starter.superdaemon.sockets import (
     adopt_inherited,
     inherited_fd_count,
     parse_path,
-)
-from support import (
-    EXAMPLE_APP,
-    START_SERVER,
-    Daemon,
-    free_port,
-    generation_of,
-    run_start_server,
-    running,
-    worker_env,
 )
 
 # Text as it arrives from outside: any code point Python can hold in a str

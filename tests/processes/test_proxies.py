@@ -34,8 +34,8 @@ from pathlib import Path
 
 import pytest
 
-import proxies
-from support import (
+from harness import proxies
+from harness.support import (
     APPS,
     DEBIAN_PYTHON,
     EXAMPLE_APP,

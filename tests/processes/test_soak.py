@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from server_starter.superdaemon.control import request
-from support import (
+from harness.support import (
     EXAMPLE_APP,
     START_SERVER,
     UVICORN_APP,
@@ -27,6 +26,7 @@ from support import (
     running,
     worker_env,
 )
+from server_starter.superdaemon.control import request
 
 RELOADS = int(os.environ.get("SOAK_RELOADS", "100"))
 PAUSE = 0.2  # between one reload's answer and the next request

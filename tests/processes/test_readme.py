@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (
+from harness.support import (
     APPS,
     START_SERVER,
     KeepAliveLoad,
@@ -36,7 +36,7 @@ from support import (
     worker_env,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BLOCKS = readme_blocks()
 RECIPES = ["asyncio-recipe"]
 BOOTED = ["template-units", "gunicorn-unit-lines", "own-app-units"]  # run by test_systemd.py

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (
+from harness.support import (
     APPS,
     EXAMPLE_APP,
     REPORTER,

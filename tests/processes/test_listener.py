@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.support import START_SERVER, free_port, running, wait_for_file, worker_env
 from server_starter import listener
 from server_starter.contract import PortVariableError
-from support import START_SERVER, free_port, running, wait_for_file, worker_env
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (
+from harness.support import (
     EXAMPLE_APP,
     PERL_START_SERVER,
     START_SERVER,

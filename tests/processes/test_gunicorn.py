@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (
+from harness.support import (
     ROOT,
     START_SERVER,
     Daemon,

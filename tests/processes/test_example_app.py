@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 
-from support import (
+from harness.support import (
     EXAMPLE_APP,
     START_SERVER,
     children,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (
+from harness.support import (
     EXAMPLE_APP,
     REPORTER,
     START_SERVER,

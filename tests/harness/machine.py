@@ -52,7 +52,7 @@ SUITES = {
     "bookworm": Suite("bookworm", "Debian 12", PACKAGES),
     "trixie": Suite("trixie", "Debian 13", PACKAGES),
 }
-UNITS = Path(__file__).resolve().parent.parent / "units"
+UNITS = Path(__file__).resolve().parents[2] / "units"
 CACHE = Path(os.environ.get("SERVER_STARTER_TEST_CACHE", "/var/cache/server-starter-tests"))
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
