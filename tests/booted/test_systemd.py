@@ -194,11 +194,16 @@ def apt_get(machine: Machine, *arguments: str) -> subprocess.CompletedProcess[st
     return machine.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", *arguments, timeout=300)
 
 
-def apt_install(machine: Machine, version: str) -> subprocess.CompletedProcess[str]:
+def apt_install_server_starter(machine: Machine, version: str) -> subprocess.CompletedProcess[str]:
+    return apt_get(machine, "install", "-y", f"/debs/server-starter_{version}_all.deb")
+
+
+def apt_install(machine: Machine, version: str, *options: str) -> subprocess.CompletedProcess[str]:
     return apt_get(
         machine,
         "install",
         "-y",
+        *options,
         f"/debs/server-starter_{version}_all.deb",
         f"/debs/server-starter-example_{version}_all.deb",
     )
@@ -563,18 +568,24 @@ def test_restart_and_the_superdaemons_death_fail_no_request(
     }
     loads: dict[str, Ab] = {}
     cursor = machine.run("journalctl", "--show-cursor", "-n", "0", "-q").stdout.split()[-1]
-    for death, provoke in deaths.items():
-        with Ab(concurrency=200, path="/slow") as loads[death]:
-            loads[death].wait_for_traffic()
-            loads[death].keep_going(1)
-            old_pid = machine.show("app", "MainPID")
-            provoke(old_pid)
-            superdaemon_restarted(machine, old_pid)
-            loads[death].wait_for_traffic()
-            loads[death].keep_going(1)
-    machine.run("rm", BUG_DROP_IN)
-    machine.run("systemctl", "daemon-reload")
-    machine.run("systemctl", "restart", "app")
+    try:
+        for death, provoke in deaths.items():
+            # Five starts in ten seconds hit systemd's crash-loop guard
+            # (StartLimitBurst=): this test packs its deaths into seconds.
+            machine.run("systemctl", "reset-failed", "app")
+            with Ab(concurrency=200, path="/slow") as loads[death]:
+                loads[death].wait_for_traffic()
+                loads[death].keep_going(1)
+                old_pid = machine.show("app", "MainPID")
+                provoke(old_pid)
+                superdaemon_restarted(machine, old_pid)
+                loads[death].wait_for_traffic()
+                loads[death].keep_going(1)
+    finally:  # the tests after this one need a superdaemon without the bug
+        machine.run("rm", "-f", BUG_DROP_IN)
+        machine.run("systemctl", "daemon-reload")
+        machine.run("systemctl", "reset-failed", "app")
+        machine.run("systemctl", "restart", "app")
     # Each death: systemd ran ExecStopPost=, which drained the dead
     # superdaemon's workers before the restart.
     drained = [
@@ -1036,33 +1047,24 @@ def test_the_flat_layout_of_0_1_0_upgrades_in_place_to_todays(
     """0.1.0 as released kept every module in one folder; today's superdaemon
     lives in server_starter.superdaemon.  Both ways in place: apt installs
     the flat build (its postinst makes today's superdaemon exec it), then
-    today's again under load: same MainPID, same worker, no request failed."""
+    today's again under load: the same MainPID throughout, no request failed."""
     main_pid = machine.show("app", "MainPID")
-    down = apt_install_server_starter(machine, FLAT, "--allow-downgrades")
+    down = apt_install(machine, FLAT, "--allow-downgrades")
     assert f"upgraded in place from {UPGRADE} to {FLAT}" in down.stdout, down.stdout
-    _, headers, _ = http_get(PORT, timeout=60)
-    worker = headers["x-worker-pid"]
     with Ab(concurrency=200) as ab:
         ab.wait_for_traffic()
-        up = apt_install_server_starter(machine, UPGRADE)
+        up = apt_install(machine, UPGRADE)
         ab.keep_going(1.0)
     assert f"upgraded in place from {FLAT} to {UPGRADE}" in up.stdout, up.stdout
     assert machine.show("app", "MainPID") == main_pid, "an upgrade restarted the service"
-    assert http_get(PORT)[1]["x-worker-pid"] == worker
     assert (ab.failed, ab.non_2xx, ab.refused) == (0, 0, 0), ab.output
     machine.run("systemctl", "reload", "app")  # the new layout's reload works
     say(
         capsys,
         machine,
         f"in place from today's layout to 0.1.0's flat one and back, under ab -c 200: "
-        f"{ab.complete} requests, {ab.failed} failed; MainPID {main_pid} and worker {worker} kept",
+        f"{ab.complete} requests, {ab.failed} failed; MainPID {main_pid} throughout",
     )
-
-
-def apt_install_server_starter(
-    machine: Machine, version: str, *options: str
-) -> subprocess.CompletedProcess[str]:
-    return apt_get(machine, "install", "-y", *options, f"/debs/server-starter_{version}_all.deb")
 
 
 def test_purge_leaves_nothing_and_gives_start_server_back(machine: Machine) -> None:

@@ -54,8 +54,8 @@ def imports(module: str) -> set[str]:
 def test_the_check_sees_imports() -> None:
     serve = imports("server_starter.superdaemon.serve")
     assert {"server_starter.superdaemon.supervisor", "server_starter.contract"} <= serve
-    lazily = imports("server_starter.superdaemon.upgrade")
-    assert "server_starter.superdaemon.cli" in lazily  # a function's import counts
+    # upgrade's check imports the package inside a function: that counts too.
+    assert "server_starter.superdaemon" in imports("server_starter.superdaemon.upgrade")
     assert "server_starter.asyncio_servers" in imports("server_starter.listener")
     assert len(WORKER_SIDE) >= 8 and len(SUPERDAEMON) >= 15
 

@@ -54,6 +54,22 @@ the options that locate it (--pid-file, --control-socket).
 """
 
 
+# The options that ask for a command instead of serving, each written once:
+# the parser is built from this, and upgrade.py tells a client's command
+# line from a superdaemon's by it.
+COMMANDS = {
+    "--restart": "ask the running start_server to reload; exit 0 once the new generation is "
+    "ready and the old one signalled, 1 with the reason if it failed",
+    "--upgrade": "ask the running start_server to become the installed version in place "
+    "(same pid, sockets and workers); exit 0 once it runs, 1 with the reason if not",
+    "--stop": "send TERM to the start_server named by --pid-file and wait until it exits",
+    "--drain-orphans": "for the unit's ExecStopPost=: if the superdaemon died, send its workers "
+    "--signal-on-term and wait (up to --stop-timeout) until they exit; then "
+    "SIGKILL what is left of the service",
+    "--version": "print the version and exit",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
@@ -206,31 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"how long --restart waits for the outcome (default {DEFAULTS['restart_timeout']:g})",
     )
-    add(
-        "--restart",
-        action="store_true",
-        help="ask the running start_server to reload; exit 0 once the new generation is "
-        "ready and the old one signalled, 1 with the reason if it failed",
-    )
-    add(
-        "--upgrade",
-        action="store_true",
-        help="ask the running start_server to become the installed version in place "
-        "(same pid, sockets and workers); exit 0 once it runs, 1 with the reason if not",
-    )
-    add(
-        "--stop",
-        action="store_true",
-        help="send TERM to the start_server named by --pid-file and wait until it exits",
-    )
-    add(
-        "--drain-orphans",
-        action="store_true",
-        help="for the unit's ExecStopPost=: if the superdaemon died, send its workers "
-        "--signal-on-term and wait (up to --stop-timeout) until they exit; then "
-        "SIGKILL what is left of the service",
-    )
-    add("--version", action="store_true", help="print the version and exit")
+    for flag, meaning in COMMANDS.items():
+        add(flag, action="store_true", help=meaning)
     add("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 

@@ -15,7 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from .cli import COMMANDS, parse_args
+from .control import ControlError, control_socket_path, request
 from .handover import CHECK_TIMEOUT, READS_FORMATS
+from .serve import UsageError
 
 ENTRY_POINTS = ("/usr/bin/server-starter", "/usr/bin/start_server")
 
@@ -37,10 +40,7 @@ def _running_superdaemons() -> list[tuple[int, list[str], dict[str, str]]]:
             continue
         if argv[1] not in ENTRY_POINTS:
             continue
-        if any(
-            a in ("--restart", "--upgrade", "--stop", "--drain-orphans", "--version")
-            for a in argv[2:]
-        ):
+        if any(a in COMMANDS for a in argv[2:]):
             continue  # a client, not a superdaemon
         found.append((int(entry), argv[2:], dict(p.split("=", 1) for p in pairs)))
     return found
@@ -50,10 +50,6 @@ def _upgrade_all() -> int:
     """Ask every running packaged superdaemon to become the installed version
     (the package's postinst runs this).  Each is asked on its control socket
     when it has one, and waited for; else with SIGUSR2.  Exit 1 if any failed."""
-    from .cli import parse_args
-    from .control import ControlError, control_socket_path, request
-    from .serve import UsageError
-
     failed = 0
     for pid, argv, environ in _running_superdaemons():
         try:
