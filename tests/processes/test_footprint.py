@@ -14,6 +14,7 @@ from harness.support import (
     START_SERVER,
     free_port,
     process_figures,
+    report,
     running,
     worker_env,
 )
@@ -43,7 +44,7 @@ def test_idle_superdaemon_never_wakes_up() -> None:
 
 
 @pytest.mark.skipif(not os.path.exists(PERL_START_SERVER), reason="Perl start_server missing")
-def test_resident_memory_at_most_perls() -> None:
+def test_resident_memory_at_most_perls(capsys: pytest.CaptureFixture[str]) -> None:
     rss = {}
     for name, program in (("perl", PERL_START_SERVER), ("ours", START_SERVER)):
         argv = [program, f"--port=127.0.0.1:{free_port()}", "--", *EXAMPLE_APP]
@@ -53,3 +54,6 @@ def test_resident_memory_at_most_perls() -> None:
             daemon.wait_for(r"^old worker \d+ died")
             rss[name] = process_figures(daemon.pid)["rss_kib"]
     assert rss["ours"] <= rss["perl"], rss
+    report(
+        capsys, f"resident memory after a reload: ours {rss['ours']} KiB, Perl's {rss['perl']} KiB"
+    )

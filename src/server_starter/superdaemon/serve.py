@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..contract import encode_ports
-from . import handover
 from .control import ControlServer, PidFile, control_socket_path, listen_control
 from .environment import RESUME_VARIABLE
 from .host import SystemHost
@@ -168,6 +167,9 @@ class Serving:
         """Become the installed version in place (see handover.py): check it,
         then exec it with the whole state.  Returns only when the upgrade did
         not happen (and says why)."""
+        # Imported only now: its code would cost the resident superdaemon memory.
+        from . import handover
+
         self.log.event(Event.UPGRADE, "received upgrade request, checking the installed version")
         try:
             new_version = handover.check_installed()
@@ -228,6 +230,8 @@ class Serving:
 def resume(args: argparse.Namespace, state_fd: int) -> int:
     """The new image's start after an in-place upgrade: adopt everything the
     previous one handed over (see handover.py)."""
+    from . import handover
+
     state = handover.read_state(state_fd)
     environ = state["environ"]
     settings = settings_from(args, environ)
