@@ -8,7 +8,7 @@ does everything to the world through a ``Host``; ``host`` is the real one
 ``settings``, ``sockets``, ``spawn``, ``control`` (pid file, status file, the
 control socket), ``journal``, ``environment`` (the workers'), ``notify`` (the
 generations' notify sockets), ``upgrade`` (in place), ``oom``, ``holders``,
-``orphans``.
+``orphans``, ``procfs`` (other processes, from /proc).
 
 Nothing outside this package imports it: the worker side and the superdaemon
 share only :mod:`server_starter.contract`.

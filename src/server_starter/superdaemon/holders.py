@@ -9,8 +9,9 @@ listening socket they inherited and go on serving as orphans.
 
 from __future__ import annotations
 
-import os
 import socket
+
+from . import procfs
 
 TCP_LISTEN = "0A"  # the state column of /proc/net/tcp{,6}
 UNIX_LISTENING = "00010000"  # __SO_ACCEPTCON in the flags of /proc/net/unix
@@ -82,32 +83,17 @@ def _table(name: str) -> list[list[str]]:
 
 def _processes_with(inodes: set[str]) -> list[tuple[int, str]]:
     wanted = {f"socket:[{inode}]" for inode in inodes if inode != "0"}
-    found: list[tuple[int, str]] = []
     if not wanted:
-        return found
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{entry}/fd")
-            if any(_link(f"/proc/{entry}/fd/{fd}") in wanted for fd in fds):
-                found.append((int(entry), _command_line(int(entry))))
-        except OSError:  # gone meanwhile, or another user's
-            continue
-    return sorted(found)
-
-
-def _link(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return ""
+        return []
+    return [
+        (pid, _command_line(pid))
+        for pid in procfs.other_processes()
+        if procfs.descriptor_targets(pid) & wanted
+    ]
 
 
 def _command_line(pid: int, width: int = 60) -> str:
-    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-        words = cmdline.read().rstrip(b"\0").split(b"\0")
     # Kept to one line and printable whatever the arguments hold.
-    command = " ".join(os.fsdecode(word) for word in words).encode("unicode_escape").decode()
+    command = " ".join(procfs.argv(pid)).encode("unicode_escape", errors="replace").decode()
     command = command or f"[{pid}]"
     return command if len(command) <= width else command[: width - 3] + "..."

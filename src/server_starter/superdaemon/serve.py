@@ -181,7 +181,12 @@ class Serving:
         connections = self.control.handover(fds.keep) if self.control else []
         # handover() lists the live clients in the order of control.connections.
         live = self.control.connections if self.control else []
-        by_identity = {id(client): index for index, client in enumerate(live)}
+
+        def client_number(waiting: Answer) -> int | None:
+            """A waiting client's place in the hand-over (each is its own answer)."""
+            return next((i for i, client in enumerate(live) if client is waiting), None)
+
+        asked = None if answer is None else client_number(answer)
         state: handover.State = {
             "format": handover.HANDOVER_FORMAT,
             "version": __version__,
@@ -206,8 +211,8 @@ class Serving:
             else {"path": self.control_path, "fd": fds.keep(self.control.sock.fileno())},
             "connections": connections,
             "workers": self.host.handover(fds.keep),
-            "supervisor": self.supervisor.snapshot(lambda a: by_identity.get(id(a))),
-            "upgrade_answers": [] if answer is None else [by_identity[id(answer)]],
+            "supervisor": self.supervisor.snapshot(client_number),
+            "upgrade_answers": [] if asked is None else [asked],
         }
         state_fd = handover.write_state(state)
         try:

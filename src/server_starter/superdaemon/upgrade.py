@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from . import procfs
 from .cli import COMMANDS, parse_args
 from .control import ControlError, control_socket_path, request
 from .handover import CHECK_TIMEOUT, READS_FORMATS
@@ -26,23 +27,15 @@ ENTRY_POINTS = ("/usr/bin/server-starter", "/usr/bin/start_server")
 def _running_superdaemons() -> list[tuple[int, list[str], dict[str, str]]]:
     """Every process running the packaged superdaemon: pid, argv, environment."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                pairs = [p.decode(errors="replace") for p in f.read().split(b"\0") if b"=" in p]
-        except OSError:
-            continue  # gone, or not ours to read
+    for pid in procfs.other_processes():
+        argv = procfs.argv(pid)
         if len(argv) < 2 or "python3" not in os.path.basename(argv[0]):
             continue
         if argv[1] not in ENTRY_POINTS:
             continue
         if any(a in COMMANDS for a in argv[2:]):
             continue  # a client, not a superdaemon
-        found.append((int(entry), argv[2:], dict(p.split("=", 1) for p in pairs)))
+        found.append((pid, argv[2:], procfs.environ(pid)))
     return found
 
 
