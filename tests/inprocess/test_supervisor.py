@@ -86,12 +86,14 @@ class Answers:
 
 
 class Rig:
-    def __init__(self, environ: dict[str, str] | None = None, **settings: object) -> None:
+    def __init__(
+        self, environ: dict[str, str] | None = None, envdir: str | None = None, **settings: object
+    ) -> None:
         self.host = FakeHost()
         self.stream = io.StringIO()
         options: dict[str, object] = {"status_file": "status"} | settings
         self.supervisor = Supervisor(
-            Settings(["app"], **options),  # type: ignore[arg-type]
+            Settings(["app"], envdir=envdir, **options),
             ports="8080=3",
             fd_names=None,
             environ=dict(environ or {}),

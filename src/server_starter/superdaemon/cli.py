@@ -19,11 +19,12 @@ from .serve import StartupError, UsageError, serve
 from .settings import (
     DEFAULT_PATH_MODE,
     DEFAULTS,
+    STOP_TIMEOUT,
     SettingError,
+    Settings,
     parse_mode,
     parse_positive_int,
     parse_seconds,
-    parse_signal,
 )
 from .sockets import SocketError
 from .spawn import SpawnError
@@ -90,7 +91,6 @@ def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 _seconds = _argument(parse_seconds)
 _positive_int = _argument(parse_positive_int)
-_signal = _argument(parse_signal)
 _mode = _argument(parse_mode)
 
 
@@ -133,30 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="listen(2) backlog (default SOMAXCONN)",
     )
-    add("--dir", metavar="PATH", help="working directory of the server program")
-    add(
-        "--interval",
-        type=_seconds,
-        metavar="SECONDS",
-        help="a worker alive this long counts as ready unless it notifies "
-        f"(default {DEFAULTS['interval']:g}); "
-        "also the first retry delay",
-    )
-    add(
-        "--signal-on-hup",
-        type=_signal,
-        metavar="SIGNAL",
-        help="signal sent to old workers when a new one is ready (default TERM)",
-    )
-    add(
-        "--signal-on-term",
-        type=_signal,
-        metavar="SIGNAL",
-        help="signal sent to the workers when start_server gets TERM (default TERM); "
-        "INT and QUIT always send TERM, as in Perl's start_server",
-    )
+    for name, option in Settings.options().items():
+        if option.parse is None:
+            add(option.flag, dest=name, action="store_true", help=option.help_text())
+        else:
+            convert = _argument(option.parse)
+            add(
+                option.flag,
+                dest=name,
+                type=convert,
+                metavar=option.metavar,
+                help=option.help_text(),
+            )
     add("--pid-file", metavar="FILE", help="write start_server's pid here (locked while it runs)")
-    add("--status-file", metavar="FILE", help="write GEN:PID of every live worker here")
     add(
         "--envdir",
         metavar="DIR",
@@ -182,33 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait this long after a new worker is ready before signalling old ones "
         f"(default {DEFAULTS['kill_old_delay']:g}, or "
         f"{DEFAULTS['kill_old_delay_with_auto_restart']:g} with auto-restart)",
-    )
-    add(
-        "--require-notify",
-        action="store_true",
-        help="a worker is ready only when it sends READY=1 to $NOTIFY_SOCKET",
-    )
-    add(
-        "--ready-timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help="with --require-notify: give up on a worker without READY=1 after this "
-        f"(default {DEFAULTS['ready_timeout']:g})",
-    )
-    add(
-        "--stop-timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help="SIGKILL a signalled worker still running after this long "
-        f"(default {DEFAULTS['stop_timeout']:g}, "
-        "under systemd's 90s TimeoutStopSec)",
-    )
-    add(
-        "--backoff-max",
-        type=_seconds,
-        metavar="SECONDS",
-        help="longest wait between attempts to start a failing worker "
-        f"(default {DEFAULTS['backoff_max']:g})",
     )
     add(
         "--control-socket",
@@ -268,7 +230,7 @@ def run(argv: Sequence[str]) -> int:
         print(f"start_server: {message}", file=sys.stderr)
         return 0
     if args.drain_orphans:
-        stop_timeout = DEFAULTS["stop_timeout"] if args.stop_timeout is None else args.stop_timeout
+        stop_timeout = STOP_TIMEOUT if args.stop_timeout is None else args.stop_timeout
         sent = args.signal_on_term or signal.SIGTERM
         try:
             done = orphans.drain(dict(os.environ), os.getpid(), sent, stop_timeout)
@@ -279,7 +241,7 @@ def run(argv: Sequence[str]) -> int:
     if args.stop:
         if args.pid_file is None:
             raise UsageError("--stop option requires --pid-file to be set as well")
-        stop_timeout = DEFAULTS["stop_timeout"] if args.stop_timeout is None else args.stop_timeout
+        stop_timeout = STOP_TIMEOUT if args.stop_timeout is None else args.stop_timeout
         pid = stop(args.pid_file, stop_timeout + 5)
         print(f"stop_server (pid:{os.getpid()}) stopped start_server (pid:{pid})", file=sys.stderr)
         return 0

@@ -109,16 +109,8 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
         )
         return Settings(
             args.command,
-            interval=args.interval,
-            signal_on_hup=args.signal_on_hup,
-            signal_on_term=args.signal_on_term,
-            require_notify=args.require_notify,
-            ready_timeout=args.ready_timeout,
-            stop_timeout=args.stop_timeout,
-            backoff_max=args.backoff_max,
-            directory=args.dir,
-            status_file=args.status_file,
             envdir=environ.get("ENVDIR"),
+            **{name: getattr(args, name) for name in Settings.options()},
         )
     except SettingError as err:
         raise UsageError(str(err)) from None

@@ -15,19 +15,17 @@ Two kinds of setting:
 from __future__ import annotations
 
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+# Defaults of what is not a fixed setting (those are declared on Settings).
 DEFAULTS: dict[str, float] = {
-    "interval": 1.0,
-    "ready_timeout": 60.0,
-    "stop_timeout": 85.0,  # below systemd's default TimeoutStopSec=90s
-    "backoff_max": 30.0,
     "restart_timeout": 90.0,
     "auto_restart_interval": 360.0,
     "kill_old_delay": 0.0,
     "kill_old_delay_with_auto_restart": 5.0,  # Perl's default when auto-restart is on
 }
 DEFAULT_SIGNAL = signal.SIGTERM
+STOP_TIMEOUT = 85.0  # below systemd's default TimeoutStopSec=90s; --stop waits as long
 DEFAULT_PATH_MODE = 0o777  # as Perl's start_server
 
 # The Perl variables, with the options that set them.
@@ -119,47 +117,134 @@ def _seconds_variable(environ: Mapping[str, str], name: str) -> float | None:
         raise SettingError(f"{name}: {err}") from None
 
 
+class Option:
+    """One option of the fixed settings, declared once: its flag, how its text
+    is read, its default and its help.  The parser is built from these
+    (cli.py), and each is the attribute of :class:`Settings` it sets: a
+    descriptor that reads the value given, or the default."""
+
+    parse: Callable[[str], object] | None = None  # None: a flag (store_true)
+    shown: Callable[[object], str] = str
+
+    def __init__(self, flag: str, help: str, default: object = None, metavar: str = "") -> None:
+        self.flag, self.help, self.default, self.metavar = flag, help, default, metavar
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def value(self, settings: Settings) -> object:
+        given = settings.given.get(self.name)
+        return self.default if given is None else given
+
+    def help_text(self) -> str:
+        return self.help.format(default=self.shown(self.default))
+
+
+class Seconds(Option):
+    parse = staticmethod(parse_seconds)
+    shown = staticmethod(lambda value: f"{value:g}")
+
+    def __get__(self, settings: Settings, owner: type | None = None) -> float:
+        value = self.value(settings)
+        assert isinstance(value, float)
+        return value
+
+
+class SignalOption(Option):
+    parse = staticmethod(parse_signal)
+    shown = staticmethod(lambda value: signal.Signals(value).name.removeprefix("SIG"))
+
+    def __get__(self, settings: Settings, owner: type | None = None) -> signal.Signals:
+        value = self.value(settings)
+        assert isinstance(value, signal.Signals)
+        return value
+
+
+class Flag(Option):
+    def __get__(self, settings: Settings, owner: type | None = None) -> bool:
+        return bool(self.value(settings))
+
+
+class Text(Option):
+    parse = staticmethod(str)
+
+    def __get__(self, settings: Settings, owner: type | None = None) -> str | None:
+        value = self.value(settings)
+        assert value is None or isinstance(value, str)
+        return value
+
+
 class Settings:
-    """The fixed settings of one superdaemon.  (Plain classes, not
-    dataclasses: see sockets.PortSpec.)"""
+    """The fixed settings of one superdaemon: each option declared once,
+    here.  (A plain class, not a dataclass: see sockets.PortSpec.)"""
+
+    interval = Seconds(
+        "--interval",
+        "a worker alive this long counts as ready unless it notifies (default {default}); "
+        "also the first retry delay",
+        1.0,
+        "SECONDS",
+    )
+    signal_on_hup = SignalOption(
+        "--signal-on-hup",
+        "signal sent to old workers when a new one is ready (default {default})",
+        DEFAULT_SIGNAL,
+        "SIGNAL",
+    )
+    signal_on_term = SignalOption(
+        "--signal-on-term",
+        "signal sent to the workers when start_server gets TERM (default {default}); "
+        "INT and QUIT always send TERM, as in Perl's start_server",
+        DEFAULT_SIGNAL,
+        "SIGNAL",
+    )
+    require_notify = Flag(
+        "--require-notify", "a worker is ready only when it sends READY=1 to $NOTIFY_SOCKET"
+    )
+    ready_timeout = Seconds(
+        "--ready-timeout",
+        "with --require-notify: give up on a worker without READY=1 after this (default {default})",
+        60.0,
+        "SECONDS",
+    )
+    stop_timeout = Seconds(
+        "--stop-timeout",
+        "SIGKILL a signalled worker still running after this long (default {default}, "
+        "under systemd's 90s TimeoutStopSec)",
+        STOP_TIMEOUT,
+        "SECONDS",
+    )
+    backoff_max = Seconds(
+        "--backoff-max",
+        "longest wait between attempts to start a failing worker (default {default})",
+        30.0,
+        "SECONDS",
+    )
+    directory = Text("--dir", "working directory of the server program", metavar="PATH")
+    status_file = Text("--status-file", "write GEN:PID of every live worker here", metavar="FILE")
 
     def __init__(
-        self,
-        command: Sequence[str],
-        *,
-        interval: float | None = None,
-        signal_on_hup: signal.Signals | None = None,
-        signal_on_term: signal.Signals | None = None,
-        require_notify: bool = False,
-        ready_timeout: float | None = None,
-        stop_timeout: float | None = None,
-        backoff_max: float | None = None,
-        directory: str | None = None,
-        status_file: str | None = None,
-        envdir: str | None = None,
+        self, command: Sequence[str], *, envdir: str | None = None, **given: object
     ) -> None:
-        if ready_timeout is not None and not require_notify:
-            raise SettingError("--ready-timeout applies only with --require-notify")
+        """``given``: the options' values by attribute name (None: not given)."""
+        unknown = set(given) - set(self.options())
+        if unknown:
+            raise TypeError(f"not settings: {sorted(unknown)}")
         self.command = list(command)
-        self.interval = _or_default(interval, "interval")
-        self.signal_on_hup = signal_on_hup or DEFAULT_SIGNAL
-        self.signal_on_term = signal_on_term or DEFAULT_SIGNAL
-        self.require_notify = require_notify
-        self.ready_timeout = _or_default(ready_timeout, "ready_timeout")
-        self.stop_timeout = _or_default(stop_timeout, "stop_timeout")
-        self.backoff_max = _or_default(backoff_max, "backoff_max")
-        self.directory = directory
-        self.status_file = status_file
+        self.given = given
         self.envdir = envdir or None
+        if given.get("ready_timeout") is not None and not self.require_notify:
+            raise SettingError("--ready-timeout applies only with --require-notify")
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        return {name: value for name, value in vars(cls).items() if isinstance(value, Option)}
 
     @property
     def ready_wait(self) -> float:
         """How long a starting generation has to become ready."""
         return self.ready_timeout if self.require_notify else self.interval
-
-
-def _or_default(value: float | None, name: str) -> float:
-    return DEFAULTS[name] if value is None else value
 
 
 def export_perl_variables(
