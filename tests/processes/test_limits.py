@@ -25,6 +25,7 @@ from harness.support import (
     Load,
     free_port,
     generation_of,
+    http_get,
     report,
     restart,
     running,
@@ -237,3 +238,31 @@ def test_out_of_descriptors_fails_the_reload_and_keeps_serving(
         f"out of descriptors (RLIMIT_NOFILE) at a reload: --restart refused with the reason, "
         f"HUP's spawn fails with EMFILE; {load.total()} requests, {len(load.failures)} failed",
     )
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_workers_oom_scores(tmp_path: Path, keep: bool) -> None:
+    """A starting generation is the OOM killer's first victim (1000), the
+    serving one half-way to the superdaemon's score; --keep-oom-score
+    leaves every worker at the superdaemon's."""
+    port = free_port()
+    (tmp_path / "env").mkdir()
+    options = ["--keep-oom-score"] if keep else []
+    argv = superdaemon(tmp_path, port, BALLAST_APP)
+    argv[1:1] = options
+    boot = tmp_path / "env" / "EXAMPLE_APP_BOOT_SECONDS"
+    with running(argv, env=worker_env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready")
+        own = int(Path(f"/proc/{daemon.pid}/oom_score_adj").read_text())
+        serving = http_get(port)[1]["x-worker-pid"]
+        boot.write_text("30\n")  # the next generation stays starting meanwhile
+        os.kill(daemon.pid, signal.SIGHUP)
+        starting = int(daemon.wait_for(r"starting new worker (\d+)", count=2).group(1))
+        scores = {
+            role: int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+            for role, pid in (("serving", serving), ("starting", starting))
+        }
+    if keep:
+        assert scores == {"serving": own, "starting": own}
+    else:
+        assert scores == {"serving": own + (1000 - own) // 2, "starting": 1000}

@@ -80,6 +80,7 @@ class SystemHost(Host):
         self.workers_apart = _has_terminal()
         self._wakeup_read, self._wakeup_write = socket.socketpair()
         self.serving_score = oom.serving_score(oom.own_score())
+        self.rank_for_oom = True  # unless --keep-oom-score (read at each spawn)
         self.oom_kills_seen = oom.kills()
         if control is not None:
             control.attach(self._register, self._unregister)
@@ -135,11 +136,12 @@ class SystemHost(Host):
                 self.listening_fds,
                 settings.directory,
                 own_process_group=self.workers_apart,
-                oom_score_adj=oom.STARTING_SCORE,
+                oom_score_adj=None if settings.keep_oom_score else oom.STARTING_SCORE,
             )
         except BaseException:
             notifier.close()
             raise
+        self.rank_for_oom = not settings.keep_oom_score
         worker = _Worker(process.pid, process.pidfd, notifier)
         self._watch(worker)
         return worker.pid
@@ -175,7 +177,8 @@ class SystemHost(Host):
             self._watch(_Worker(entry["pid"], os.pidfd_open(entry["pid"]), notifier))
 
     def serving(self, pid: int) -> None:
-        oom.set_score(pid, self.serving_score)
+        if self.rank_for_oom:
+            oom.set_score(pid, self.serving_score)
 
     def _on_pidfd(self, supervisor: Supervisor, worker: _Worker) -> None:
         status = reap(worker.pid)

@@ -221,6 +221,11 @@ class Settings:
         30.0,
         "SECONDS",
     )
+    keep_oom_score = Flag(
+        "--keep-oom-score",
+        "leave the workers' oom_score_adj as the service sets it (by default a starting "
+        "generation gets 1000, the serving one half-way: the OOM killer's first victims)",
+    )
     directory = Text("--dir", "working directory of the server program", metavar="PATH")
     status_file = Text("--status-file", "write GEN:PID of every live worker here", metavar="FILE")
 
