@@ -79,18 +79,9 @@ def serve(args: argparse.Namespace) -> int:
         control = None
         if control_path is not None:
             control = ControlServer(listen_control(control_path))
-        serving = Serving(
-            resources,
-            settings,
-            environ,
-            listeners,
-            created,
-            pid_file,
-            control,
-            control_path,
-            systemd_socket,
-            to_journal=args.log_file is None and under_systemd(environ),
-        )
+        opened = Opened(listeners, created, pid_file, control, control_path)
+        to_journal = args.log_file is None and under_systemd(environ)
+        serving = Serving(resources, settings, environ, opened, systemd_socket, to_journal)
         serving.supervisor.start()
         if daemon_ready is not None:
             os.write(daemon_ready, b"1")
@@ -116,6 +107,24 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
         raise UsageError(str(err)) from None
 
 
+class Opened:
+    """What a running superdaemon holds open besides its workers, opened by a
+    fresh start or handed over by the previous image."""
+
+    __slots__ = ("control", "control_path", "created", "listeners", "pid_file")
+
+    def __init__(
+        self,
+        listeners: list[Listener],
+        created: bool,
+        pid_file: PidFile | None,
+        control: ControlServer | None,
+        control_path: str | None,
+    ) -> None:
+        self.listeners, self.created, self.pid_file = listeners, created, pid_file
+        self.control, self.control_path = control, control_path
+
+
 class Serving:
     """What a running superdaemon holds, and its hand-over to a new image.
     It releases the control socket, the status file and the workers left
@@ -128,17 +137,14 @@ class Serving:
         resources: contextlib.ExitStack,
         settings: Settings,
         environ: dict[str, str],
-        listeners: list[Listener],
-        created: bool,
-        pid_file: PidFile | None,
-        control: ControlServer | None,
-        control_path: str | None,
+        opened: Opened,
         systemd_socket: str | None,
         to_journal: bool,
     ) -> None:
         self.settings, self.environ = settings, environ
-        self.listeners, self.created = listeners, created
-        self.pid_file, self.control, self.control_path = pid_file, control, control_path
+        listeners, control, control_path = opened.listeners, opened.control, opened.control_path
+        self.listeners, self.created = listeners, opened.created
+        self.pid_file, self.control, self.control_path = opened.pid_file, control, control_path
         self.systemd_socket, self.to_journal = systemd_socket, to_journal
         if control is not None and control_path is not None:
             resources.callback(remove_socket_path, control_path)
@@ -254,17 +260,9 @@ def resume(args: argparse.Namespace, state_fd: int) -> int:
             control_path = state["control"]["path"]
             control = ControlServer(_adopted_socket(state["control"]["fd"], inheritable=False))
             control.sock.setblocking(False)
+        opened = Opened(listeners, created, pid_file, control, control_path)
         serving = Serving(
-            resources,
-            settings,
-            environ,
-            listeners,
-            created,
-            pid_file,
-            control,
-            control_path,
-            state["systemd_socket"],
-            to_journal=state["to_journal"],
+            resources, settings, environ, opened, state["systemd_socket"], state["to_journal"]
         )
         answers: list[Answer] = list(control.adopt(state["connections"]) if control else [])
         serving.host.adopt(state["workers"])
