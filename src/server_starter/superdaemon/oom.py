@@ -14,7 +14,8 @@ the whole service at the first OOM kill.
 from __future__ import annotations
 
 import contextlib
-import os
+
+from . import procfs
 
 STARTING_SCORE = 1000  # the most a score can be: the first victim
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -43,50 +44,35 @@ def set_score(pid: int, score: int) -> None:
 
 def _descendants(pid: int) -> list[int]:
     found: list[int] = []
-    pending = [pid]
+    pending = procfs.children(pid)
     while pending:
-        parent = pending.pop()
-        try:
-            threads = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for thread in threads:
-            try:
-                with open(f"/proc/{parent}/task/{thread}/children") as children:
-                    pending += [int(child) for child in children.read().split()]
-            except (OSError, ValueError):
-                continue
-        if parent != pid:
-            found.append(parent)
+        child = pending.pop()
+        found.append(child)
+        pending += procfs.children(child)
     return found
 
 
 def kills() -> int | None:
     """How many processes of our memory cgroup the OOM killer has killed
     (None where the kernel does not say)."""
-    for path, name in _memory_cgroup_files():
+    for path in _memory_events_files():
         try:
             with open(path) as events:
                 for line in events:
                     key, _, value = line.partition(" ")
-                    if key == name:
+                    if key == "oom_kill":
                         return int(value)
         except (OSError, ValueError):
             continue
     return None
 
 
-def _memory_cgroup_files() -> list[tuple[str, str]]:
-    files: list[tuple[str, str]] = []
-    try:
-        with open("/proc/self/cgroup") as cgroups:
-            for line in cgroups:
-                hierarchy, controllers, path = line.rstrip("\n").split(":", 2)
-                if "memory" in controllers.split(","):  # cgroup v1
-                    files.append((f"{CGROUP_ROOT}/memory{path}/memory.oom_control", "oom_kill"))
-                elif hierarchy == "0":  # cgroup v2
-                    files.append((f"{CGROUP_ROOT}{path}/memory.events", "oom_kill"))
-    except (OSError, ValueError):
-        pass
+def _memory_events_files() -> list[str]:
+    v1, v2 = [], []
+    for hierarchy, controllers, path in procfs.own_cgroups():
+        if "memory" in controllers.split(","):
+            v1.append(f"{CGROUP_ROOT}/memory{path}/memory.oom_control")
+        elif hierarchy == "0":
+            v2.append(f"{CGROUP_ROOT}{path}/memory.events")
     # The v1 memory controller, where it is mounted, is the one that limits.
-    return sorted(files, key=lambda file: "/memory/" not in file[0])
+    return v1 + v2

@@ -37,6 +37,8 @@ import signal
 import time
 from collections.abc import Iterable
 
+from . import procfs
+
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
@@ -61,10 +63,15 @@ def drain(environ: dict[str, str], own_pid: int, sent: signal.Signals, timeout: 
         pidfds = {}
         for pid in find(own_pid):
             try:
-                pidfds[pid] = os.pidfd_open(pid)
-                signal.pidfd_send_signal(pidfds[pid], sent)
+                pidfd = os.pidfd_open(pid)
             except ProcessLookupError:
-                pidfds.pop(pid, None)
+                continue  # gone meanwhile
+            try:
+                signal.pidfd_send_signal(pidfd, sent)
+            except ProcessLookupError:
+                os.close(pidfd)
+                continue
+            pidfds[pid] = pidfd
         if pidfds:
             waited = time.monotonic()
             running = _wait(pidfds, waited + timeout)
@@ -129,32 +136,18 @@ def _service_members() -> set[int]:
 def _own_cgroup() -> str | None:
     """Our cgroup's directory: systemd's own hierarchy under cgroup v1 or
     hybrid mode (``name=systemd``), else the unified one (cgroup v2)."""
-    unified = None
-    try:
-        with open("/proc/self/cgroup") as cgroups:
-            for line in cgroups:
-                hierarchy, controllers, path = line.rstrip("\n").split(":", 2)
-                if controllers == "name=systemd":
-                    return f"{CGROUP_ROOT}/systemd{path}"
-                if hierarchy == "0":
-                    unified = f"{CGROUP_ROOT}{path}"
-    except (OSError, ValueError):
-        return None
-    return unified
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            # The command in parentheses may hold anything: split after its end.
-            return int(stat.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    cgroups = procfs.own_cgroups()
+    for _, controllers, path in cgroups:
+        if controllers == "name=systemd":
+            return f"{CGROUP_ROOT}/systemd{path}"
+    return next(
+        (f"{CGROUP_ROOT}{path}" for hierarchy, _, path in cgroups if hierarchy == "0"), None
+    )
 
 
 def _ancestors(pid: int) -> set[int]:
     found = {pid}
-    while (parent := _parent(pid)) is not None and parent > 0 and parent not in found:
+    while (parent := procfs.parent(pid)) is not None and parent > 0 and parent not in found:
         found.add(parent)
         pid = parent
     return found
