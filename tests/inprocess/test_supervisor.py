@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from server_starter.contract import parse_notify as parse
-from server_starter.superdaemon.environment import load_envdir
+from server_starter.superdaemon.environment import read_envdir
 from server_starter.superdaemon.journal import EventLog
 from server_starter.superdaemon.settings import Settings
 from server_starter.superdaemon.spawn import SpawnError
@@ -42,8 +41,8 @@ class FakeHost(Host):
     def pid(self) -> int:
         return 42
 
-    def read_envdir(self, path: str) -> dict[str, str] | None:
-        return load_envdir(path) if os.path.isdir(path) else None
+    def read_envdir(self, path: str | None) -> dict[str, str] | None:
+        return read_envdir(path)
 
     def spawn(self, number: int, environ: dict[str, str], settings: Settings) -> int:
         if self.spawn_error is not None:

@@ -229,8 +229,8 @@ def run(argv: Sequence[str]) -> int:
         message = request(control_path, command, restart_timeout)
         print(f"start_server: {message}", file=sys.stderr)
         return 0
+    stop_timeout = STOP_TIMEOUT if args.stop_timeout is None else args.stop_timeout
     if args.drain_orphans:
-        stop_timeout = STOP_TIMEOUT if args.stop_timeout is None else args.stop_timeout
         sent = args.signal_on_term or signal.SIGTERM
         try:
             done = orphans.drain(dict(os.environ), os.getpid(), sent, stop_timeout)
@@ -241,7 +241,6 @@ def run(argv: Sequence[str]) -> int:
     if args.stop:
         if args.pid_file is None:
             raise UsageError("--stop option requires --pid-file to be set as well")
-        stop_timeout = STOP_TIMEOUT if args.stop_timeout is None else args.stop_timeout
         pid = stop(args.pid_file, stop_timeout + 5)
         print(f"stop_server (pid:{os.getpid()}) stopped start_server (pid:{pid})", file=sys.stderr)
         return 0

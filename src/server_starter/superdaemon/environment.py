@@ -48,6 +48,14 @@ def load_envdir(path: str | None) -> dict[str, str]:
     return loaded
 
 
+def read_envdir(path: str | None) -> dict[str, str] | None:
+    """The envdir's variables: none without an envdir, None if its directory
+    is missing (the caller says so; Perl starts without them)."""
+    if path is None:
+        return {}
+    return load_envdir(path) if os.path.isdir(path) else None
+
+
 def worker_environment(
     base: Mapping[str, str],
     envdir_values: Mapping[str, str],

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from .. import contract
 from . import notify, oom
 from .control import ControlServer, write_status_file
-from .environment import load_envdir
+from .environment import read_envdir
 from .settings import Settings
 from .spawn import reap, resource_error, spawn
 from .supervisor import HANDLED_SIGNALS, Host, Supervisor
@@ -68,6 +68,7 @@ class SystemHost(Host):
         listening_fds: Sequence[int],
         systemd_socket: str | None,
         control: ControlServer | None,
+        rank_for_oom: bool = True,
     ) -> None:
         self.listening_fds = list(listening_fds)
         self.systemd_socket = systemd_socket
@@ -80,7 +81,7 @@ class SystemHost(Host):
         self.workers_apart = _has_terminal()
         self._wakeup_read, self._wakeup_write = socket.socketpair()
         self.serving_score = oom.serving_score(oom.own_score())
-        self.rank_for_oom = True  # unless --keep-oom-score (read at each spawn)
+        self.rank_for_oom = rank_for_oom  # not with --keep-oom-score
         self.oom_kills_seen = oom.kills()
         if control is not None:
             control.attach(self._register, self._unregister)
@@ -120,8 +121,8 @@ class SystemHost(Host):
     def pid(self) -> int:
         return os.getpid()
 
-    def read_envdir(self, path: str) -> dict[str, str] | None:
-        return load_envdir(path) if os.path.isdir(path) else None
+    def read_envdir(self, path: str | None) -> dict[str, str] | None:
+        return read_envdir(path)
 
     def spawn(self, number: int, environ: dict[str, str], settings: Settings) -> int:
         try:
@@ -136,12 +137,11 @@ class SystemHost(Host):
                 self.listening_fds,
                 settings.directory,
                 own_process_group=self.workers_apart,
-                oom_score_adj=None if settings.keep_oom_score else oom.STARTING_SCORE,
+                oom_score_adj=oom.STARTING_SCORE if self.rank_for_oom else None,
             )
         except BaseException:
             notifier.close()
             raise
-        self.rank_for_oom = not settings.keep_oom_score
         worker = _Worker(process.pid, process.pidfd, notifier)
         self._watch(worker)
         return worker.pid

@@ -151,7 +151,12 @@ class Serving:
             resources.callback(control.close)
         if settings.status_file is not None:
             resources.callback(_remove, settings.status_file)
-        self.host = SystemHost([listener.fd for listener in listeners], systemd_socket, control)
+        self.host = SystemHost(
+            [listener.fd for listener in listeners],
+            systemd_socket,
+            control,
+            rank_for_oom=not settings.keep_oom_score,
+        )
         resources.callback(self.host.close)
         self.host.catch_signals()
         self.log = EventLog(to_journal=to_journal)

@@ -100,9 +100,9 @@ class Host(abc.ABC):
         """The superdaemon's own pid."""
 
     @abc.abstractmethod
-    def read_envdir(self, path: str) -> dict[str, str] | None:
-        """The envdir's variables (environment.load_envdir), None if the
-        directory is missing."""
+    def read_envdir(self, path: str | None) -> dict[str, str] | None:
+        """The envdir's variables (environment.load_envdir): none without an
+        envdir, None if its directory is missing."""
 
     @abc.abstractmethod
     def spawn(self, number: int, environ: dict[str, str], settings: Settings) -> int:
@@ -352,7 +352,7 @@ class Supervisor:
                 priority=ERR,
                 **fields,
             )
-            self._start_failed(gen, self._why_never_ready(gen, was, status, oom_killed))
+            self._start_failed(gen, self._why_never_ready(gen, was, status, described))
         elif was is State.SERVING:
             self.log.event(
                 Event.EXIT,
@@ -526,7 +526,7 @@ class Supervisor:
         if is_reload:
             self.notify_reloading(f"reloading: starting generation {number}")
         envdir = self.settings.envdir
-        values = self.host.read_envdir(envdir) if envdir is not None else {}
+        values = self.host.read_envdir(envdir)
         if values is None:
             # Perl's behaviour (start without the envdir's variables), said out loud.
             self.log.line(
@@ -574,7 +574,7 @@ class Supervisor:
         self._settle_reloads()
         self._start_next_reload()
 
-    def _why_never_ready(self, gen: Generation, was: State, status: int, oom_killed: bool) -> str:
+    def _why_never_ready(self, gen: Generation, was: State, status: int, described: str) -> str:
         if was is State.KILLED:
             return f"no READY=1 within {self.settings.ready_timeout:g}s (--ready-timeout), killed"
         lived = self.host.now() - gen.spawned_at
@@ -586,9 +586,7 @@ class Supervisor:
                 "of using the sockets passed in SERVER_STARTER_PORT",
                 priority=NOTICE,
             )
-        return f"exited before it was ready, {describe_status(status)}" + (
-            OOM_KILLED if oom_killed else ""
-        )
+        return f"exited before it was ready, {described}"
 
     def _start_failed(self, gen: Generation, reason: str) -> None:
         self.failures += 1
@@ -713,8 +711,7 @@ class Supervisor:
         self.request_reload(None, None)
 
     def _tunables(self) -> Tunables:
-        envdir = self.settings.envdir
-        environ = {**self.base_environ, **((self.host.read_envdir(envdir) or {}) if envdir else {})}
+        environ = {**self.base_environ, **(self.host.read_envdir(self.settings.envdir) or {})}
         try:
             return Tunables.from_environ(environ)
         except SettingError as err:
