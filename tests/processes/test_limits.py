@@ -113,7 +113,9 @@ def cgroup(controller: str) -> Iterator[Cgroup]:
         made.remove()
 
 
-def superdaemon(tmp_path: Path, port: int, app: list[str]) -> list[str]:
+def superdaemon(tmp_path: Path, port: int, app: list[str], *options: str) -> list[str]:
+    """start_server's command line, with its envdir (made) in tmp_path/env."""
+    (tmp_path / "env").mkdir(exist_ok=True)
     return [
         START_SERVER,
         f"--port=127.0.0.1:{port}",
@@ -121,6 +123,7 @@ def superdaemon(tmp_path: Path, port: int, app: list[str]) -> list[str]:
         f"--envdir={tmp_path / 'env'}",
         "--require-notify",
         "--backoff-max=60",
+        *options,
         "--",
         *app,
     ]
@@ -146,10 +149,10 @@ def test_out_of_memory_in_the_overlap_kills_the_starting_generation_only(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     port, envdir = free_port(), tmp_path / "env"
-    envdir.mkdir()
+    argv = superdaemon(tmp_path, port, BALLAST_APP)
     (envdir / "BALLAST_MB").write_text("100\n")
     with cgroup("memory") as memory:
-        argv = memory.argv(superdaemon(tmp_path, port, BALLAST_APP))
+        argv = memory.argv(argv)
         with running(argv, env=worker_env()) as daemon:
             daemon.wait_for(r"\(generation 1\) is ready")
             # Room for 40 MiB more: the new generation, smaller than the
@@ -183,7 +186,6 @@ def test_out_of_tasks_fails_the_reload_and_keeps_serving(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     port = free_port()
-    (tmp_path / "env").mkdir()
     with cgroup("pids") as pids:
         argv = pids.argv(superdaemon(tmp_path, port, BALLAST_APP))
         with running(argv, env=worker_env()) as daemon:
@@ -210,7 +212,6 @@ def test_out_of_descriptors_fails_the_reload_and_keeps_serving(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     port = free_port()
-    (tmp_path / "env").mkdir()
     with running(superdaemon(tmp_path, port, BALLAST_APP), env=worker_env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready")
         soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
@@ -246,10 +247,8 @@ def test_the_workers_oom_scores(tmp_path: Path, keep: bool) -> None:
     serving one half-way to the superdaemon's score; --keep-oom-score
     leaves every worker at the superdaemon's."""
     port = free_port()
-    (tmp_path / "env").mkdir()
     options = ["--keep-oom-score"] if keep else []
-    argv = superdaemon(tmp_path, port, BALLAST_APP)
-    argv[1:1] = options
+    argv = superdaemon(tmp_path, port, BALLAST_APP, *options)
     boot = tmp_path / "env" / "EXAMPLE_APP_BOOT_SECONDS"
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready")
