@@ -18,7 +18,6 @@ import contextlib
 from . import procfs
 
 STARTING_SCORE = 1000  # the most a score can be: the first victim
-CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 def own_score() -> int:
@@ -71,8 +70,8 @@ def _memory_events_files() -> list[str]:
     v1, v2 = [], []
     for hierarchy, controllers, path in procfs.own_cgroups():
         if "memory" in controllers.split(","):
-            v1.append(f"{CGROUP_ROOT}/memory{path}/memory.oom_control")
+            v1.append(f"{procfs.CGROUP_ROOT}/memory{path}/memory.oom_control")
         elif hierarchy == "0":
-            v2.append(f"{CGROUP_ROOT}{path}/memory.events")
+            v2.append(f"{procfs.CGROUP_ROOT}{path}/memory.events")
     # The v1 memory controller, where it is mounted, is the one that limits.
     return v1 + v2

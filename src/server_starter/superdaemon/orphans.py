@@ -39,8 +39,6 @@ from collections.abc import Iterable
 
 from . import procfs
 
-CGROUP_ROOT = "/sys/fs/cgroup"
-
 
 class OrphansError(Exception):
     """--drain-orphans run where it cannot act (exit 2)."""
@@ -139,9 +137,9 @@ def _own_cgroup() -> str | None:
     cgroups = procfs.own_cgroups()
     for _, controllers, path in cgroups:
         if controllers == "name=systemd":
-            return f"{CGROUP_ROOT}/systemd{path}"
+            return f"{procfs.CGROUP_ROOT}/systemd{path}"
     return next(
-        (f"{CGROUP_ROOT}{path}" for hierarchy, _, path in cgroups if hierarchy == "0"), None
+        (f"{procfs.CGROUP_ROOT}{path}" for hierarchy, _, path in cgroups if hierarchy == "0"), None
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+CGROUP_ROOT = "/sys/fs/cgroup"  # where the cgroup hierarchies are mounted
+
 
 def other_processes() -> Iterator[int]:
     """Every pid but ours, lowest first."""
