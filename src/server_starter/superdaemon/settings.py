@@ -1,10 +1,11 @@
 """What the superdaemon was told to do: options, environment and envdir,
-parsed once, with one table of defaults.
+parsed once.
 
 Two kinds of setting:
 
 - :class:`Settings`, fixed for the superdaemon's lifetime (``--interval``,
-  ``--signal-on-hup``, ...);
+  ``--signal-on-hup``, ...), each option declared once on it with its
+  default;
 - :class:`Tunables`, Perl's variables ``ENABLE_AUTO_RESTART``,
   ``AUTO_RESTART_INTERVAL`` and ``KILL_OLD_DELAY``.  Their options are
   exported to the workers as those variables (Perl does so; it is the
