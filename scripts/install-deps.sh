@@ -28,8 +28,9 @@ SYSTEM_PACKAGES="$SYSTEM_PACKAGES starman libnet-server-ss-prefork-perl python3-
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES nginx haproxy wrk python3-aiohttp"
 # make deb: building the packages offline, and checking them.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES dpkg-dev debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian"
-# End-to-end tests: Debian 12 and 13 root file systems booted with systemd-nspawn.
-SYSTEM_PACKAGES="$SYSTEM_PACKAGES systemd-container debootstrap"
+# End-to-end tests: Debian 12 and 13 root file systems booted with systemd-nspawn,
+# and the ssh client Ansible reaches a fleet of them with.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES systemd-container debootstrap openssh-client"
 # make bench: its plot.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-matplotlib"
 # make bench (scripts/install-deps.sh bench): Go, for the seed's Go program
@@ -63,7 +64,8 @@ fi
 [ "$WHAT" = demo ] && exit 0
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e . \
-        pytest pytest-timeout hypothesis ruff mypy uvicorn "aiohttp>=3.9"
+        pytest pytest-timeout hypothesis ruff mypy uvicorn "aiohttp>=3.9" \
+        "ansible-core>=2.16"
     # The test harness (tests/harness), importable by the tests and the bench alike.
     site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
     echo "$(pwd)/tests" > "$site/server-starter-tests.pth"

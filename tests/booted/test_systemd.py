@@ -8,7 +8,6 @@ installation first, removal last."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import re
@@ -24,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from harness.machine import SUITES, Machine, booted, prepare, reference_service
+from harness.debs import FLAT, UPGRADE, VERSION
+from harness.machine import SUITES, Machine, booted, reference_service
 from harness.support import (
     ROOT,
     KeepAliveLoad,
     ab_figures,
-    build_debs,
     http_get,
     keep_alive_servers,
     readme_blocks,
@@ -47,17 +46,6 @@ pytestmark = [
 ]
 
 PORT = 8080  # app.socket's ListenStream=
-VERSION = subprocess.run(
-    ["dpkg-parsechangelog", "-l", str(ROOT / "packaging/debian/changelog"), "-S", "Version"],
-    capture_output=True,
-    text=True,
-    check=False,
-).stdout.strip()
-UPGRADE = f"{VERSION}+upgrade1"
-# The last commit with 0.1.0's layout as released, every module in one
-# folder: installed versions of it must upgrade in place to today's.
-FLAT_LAYOUT_COMMIT = "d4593bc868f65070255699bf9a017f059c7f1256"
-FLAT = f"{VERSION}~flat"  # sorts before VERSION
 
 
 class Ab:
@@ -132,45 +120,6 @@ class Ab:
             if http_get(self.port)[0] == 200:
                 return
         raise AssertionError("no traffic")
-
-
-@pytest.fixture(scope="module")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Both versions of the .debs, built while every release's root file
-    system is made (the first run on a machine), in parallel."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        roots = pool.submit(prepare, SUITES.values())
-        out = tmp_path_factory.mktemp("debs")
-        build_debs(out, VERSION)
-        build_debs(out, UPGRADE)
-        build_flat_layout_debs(out)
-        roots.result()
-    return out
-
-
-def build_flat_layout_debs(out: Path) -> None:
-    """The .debs of 0.1.0's layout, built from its commit in a worktree."""
-    worktree = out / "flat-layout"
-    git = ["git", "-C", str(ROOT)]
-    added = subprocess.run(
-        [*git, "worktree", "add", "--detach", str(worktree), FLAT_LAYOUT_COMMIT],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert added.returncode == 0, f"the flat layout's commit is needed: {added.stderr}"
-    try:
-        build = subprocess.run(
-            [str(worktree / "scripts" / "build-deb.sh"), FLAT],
-            env={**os.environ, "DIST_DIR": str(out)},
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert build.returncode == 0, build.stderr[-3000:]
-    finally:
-        subprocess.run([*git, "worktree", "remove", "--force", str(worktree)], check=False)
 
 
 @pytest.fixture(scope="module", params=list(SUITES))

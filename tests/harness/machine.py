@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -38,6 +39,11 @@ PACKAGES = (
     "python3-uvicorn",
     "libserver-starter-perl",
     "lintian",
+    # A fleet of containers, deployed to with Ansible: its ssh server (not
+    # started at boot: the containers share the host's ports), and the
+    # python3-apt its apt module runs on.
+    "openssh-server",
+    "python3-apt",
 )
 
 
@@ -55,6 +61,7 @@ SUITES = {
 UNITS = Path(__file__).resolve().parents[2] / "units"
 CACHE = Path(os.environ.get("SERVER_STARTER_TEST_CACHE", "/var/cache/server-starter-tests"))
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_numbers = itertools.count(1)  # each container of this process its own name
 
 
 class MachineError(Exception):
@@ -79,6 +86,7 @@ def rootfs(suite: Suite) -> Path:
         nspawn = ["systemd-nspawn", "-q", "-D", str(building), "--register=no", "--keep-unit"]
         _build_step([*nspawn, "-E", "DEBIAN_FRONTEND=noninteractive", *apt], building)
         _build_step([*nspawn, "apt-get", "clean"], building)
+        _build_step([*nspawn, "systemctl", "disable", "ssh.service"], building)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
@@ -130,7 +138,7 @@ class Machine:
 
     def __init__(self, suite: Suite, binds: Sequence[tuple[Path, str]], log: Path) -> None:
         self.suite = suite
-        self.name = f"sst-{suite.name}-{os.getpid()}"
+        self.name = f"sst-{suite.name}-{os.getpid()}-{next(_numbers)}"
         self.log = log
         command = [
             "systemd-nspawn",

@@ -10,6 +10,7 @@ import abc
 import contextlib
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -94,7 +95,16 @@ frontend web
     bind 127.0.0.1:{port}
     default_backend app
 backend app
-    server app 127.0.0.1:{app_port} maxconn 10000
+{servers}"""
+ONE_SERVER = "    server app 127.0.0.1:{app_port} maxconn 10000\n"
+# A fleet's load balancer: round robin over the hosts, each checked every
+# second (down after 3 checks unanswered for 2 s), as operators set it up
+# for hosts that go down; a reload must never make one fail a check.
+BALANCED_SERVERS = """\
+    balance roundrobin
+    option httpchk GET /
+    timeout check 2s
+    default-server check inter 1s fall 3 rise 2 maxconn 10000
 """
 
 
@@ -111,6 +121,9 @@ class HAProxy(Proxy):
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         bad = []
         for line in text.splitlines():
+            if re.search(r"Server \S+ is DOWN", line):
+                bad.append(line)  # a failed health check: its traffic went elsewhere
+                continue
             match = self.LINE.search(line)
             if match is None:
                 continue
@@ -156,11 +169,28 @@ def nginx(app_port: int, workdir: Path) -> Iterator[Nginx]:
 
 @contextlib.contextmanager
 def haproxy(app_port: int, workdir: Path, reuse: str = "safe") -> Iterator[HAProxy]:
-    directory = workdir / f"haproxy-{app_port}-{reuse}"
+    servers = ONE_SERVER.format(app_port=app_port)
+    with _haproxy(servers, workdir / f"haproxy-{app_port}-{reuse}", reuse) as proxy:
+        yield proxy
+
+
+@contextlib.contextmanager
+def haproxy_balancing(backends: dict[str, str], workdir: Path) -> Iterator[HAProxy]:
+    """HAProxy over several hosts (name: ADDRESS:PORT) with health checks,
+    keeping connections to each alive (http-reuse safe)."""
+    servers = BALANCED_SERVERS + "".join(
+        f"    server {name} {address}\n" for name, address in backends.items()
+    )
+    with _haproxy(servers, workdir / "haproxy-balancing", "safe") as proxy:
+        yield proxy
+
+
+@contextlib.contextmanager
+def _haproxy(servers: str, directory: Path, reuse: str) -> Iterator[HAProxy]:
     directory.mkdir()
     port = free_port()
     conf = directory / "haproxy.cfg"
-    conf.write_text(HAPROXY_CONF.format(app_port=app_port, port=port, reuse=reuse))
+    conf.write_text(HAPROXY_CONF.format(servers=servers, port=port, reuse=reuse))
     log = directory / "haproxy.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -201,30 +231,56 @@ end
 """
 
 
+def _wrk_command(url: str, connections: int, seconds: int, workdir: Path) -> list[str]:
+    script = workdir / "mixed.lua"
+    script.write_text(WRK_SCRIPT.format(body=BODY_BYTES))
+    return [
+        WRK,
+        "-t2",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        url,
+    ]
+
+
 def run_wrk(url: str, connections: int, seconds: int, workdir: Path) -> dict[str, int | float]:
     """wrk (HTTP/1.1, each connection reused for request after request, as
     a browser or a pooling client does), alternating POSTs and GETs:
     requests done, socket errors by kind, and non-2xx/3xx replies."""
-    script = workdir / "mixed.lua"
-    script.write_text(WRK_SCRIPT.format(body=BODY_BYTES))
     result = subprocess.run(
-        [
-            WRK,
-            "-t2",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--timeout",
-            "30s",
-            "-s",
-            str(script),
-            url,
-        ],
+        _wrk_command(url, connections, seconds, workdir),
         capture_output=True,
         text=True,
         timeout=seconds + 120,
         check=False,
     )
-    out = result.stdout + result.stderr
+    return wrk_figures(result.stdout + result.stderr)
+
+
+@contextlib.contextmanager
+def wrk_running(url: str, connections: int, workdir: Path) -> Iterator[dict[str, int | float]]:
+    """wrk as in ``run_wrk``, from entering the block to leaving it (wrk
+    prints its figures when interrupted): the dict yielded holds them then."""
+    figures: dict[str, int | float] = {}
+    proc = subprocess.Popen(
+        _wrk_command(url, connections, 3600, workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield figures
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    figures.update(wrk_figures(out))
+
+
+def wrk_figures(out: str) -> dict[str, int | float]:
     done = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

@@ -307,13 +307,17 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def http_get(
-    port: int, path: str = "/", timeout: float = 10.0, unix: str | None = None
+    port: int,
+    path: str = "/",
+    timeout: float = 10.0,
+    unix: str | None = None,
+    host: str = "127.0.0.1",
 ) -> tuple[int, dict[str, str], str]:
     conn: http.client.HTTPConnection
     if unix is not None:
         conn = _UnixHTTPConnection(unix, timeout)
     else:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
