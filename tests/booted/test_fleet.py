@@ -21,7 +21,7 @@ from harness import proxies
 from harness.debs import UPGRADE, VERSION, deb
 from harness.fleet import ANSIBLE_PLAYBOOK, Fleet, Host, Run, fleet
 from harness.machine import SUITES
-from harness.support import aborted_on_close, http_get, report
+from harness.support import aborted_on_close, http_get, readme_blocks, report
 
 pytestmark = [
     pytest.mark.systemd,
@@ -37,6 +37,13 @@ SUITE = SUITES["trixie"]  # the current stable release
 HOSTS = 3
 CONNECTIONS = 300  # wrk's, to HAProxy, which spreads them over the hosts
 APP_PORT = 8080
+# The README's HAProxy backend for a fleet, its health checks included,
+# without its example servers.
+BALANCING = "".join(
+    f"    {line.strip()}\n"
+    for line in readme_blocks()["fleet-haproxy"].splitlines()
+    if line.strip() and not line.lstrip().startswith(("backend ", "server "))
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +109,7 @@ class Rollout:
 
     def __init__(self, hosts: Fleet, variables: dict[str, str], *options: str) -> None:
         backends = {host.name: host.backend for host in hosts.hosts}
-        with proxies.haproxy_balancing(backends, hosts.workdir) as haproxy:
+        with proxies.haproxy_balancing(backends, BALANCING, hosts.workdir) as haproxy:
             url = f"http://127.0.0.1:{haproxy.port}/"
             with proxies.wrk_running(url, CONNECTIONS, hosts.workdir) as self.load:
                 self._wait_for_traffic(haproxy.port)
@@ -277,6 +284,41 @@ def test_template_instances_are_deployed_and_reloaded_alone(
     assert (greeting(host, 8081), greeting(host, 8082)) == (("Hello", 1), ("Howdy", 2))
     assert deploy("Howdy").changed() == 0
     assert (greeting(host), main_pid(host)) == beside, "the app beside them untouched"
+
+
+def test_an_app_from_a_package_restarts_on_a_new_unit_and_reloads_on_an_upgrade(
+    hosts: Fleet, debs: Path
+) -> None:
+    """The second host moves from releases of files to the app's own
+    package: its unit's ExecStart= changes (no --dir), which only a new
+    superdaemon reads, so the role restarts it; the package's upgrade is
+    then a reload (same superdaemon, a new generation)."""
+    host = hosts.hosts[1]
+
+    def deploy(version: str) -> Run:
+        variables = {
+            "server_starter_deb": str(deb(debs, "server-starter", UPGRADE)),
+            "server_starter_command": "/usr/bin/server-starter-example",
+            "server_starter_app_debs": [str(deb(debs, "server-starter-example", version))],
+            "server_starter_env": {"EXAMPLE_APP_MESSAGE": "packaged"},
+        }
+        run = hosts.playbook(variables, "--limit", host.name)
+        assert_succeeded(run)
+        return run
+
+    pid = main_pid(host)
+    deploy(VERSION)
+    assert main_pid(host) != pid, "restarted for its new ExecStart="
+    assert "--dir" not in host.machine.show("app", "ExecStart")
+    serving = greeting(host)
+    assert serving[0] == "packaged"
+    pid = main_pid(host)
+    deploy(UPGRADE)
+    assert main_pid(host) == pid
+    assert greeting(host)[0] == "packaged" and greeting(host)[1] > serving[1]
+    version = host.machine.run("dpkg-query", "-W", "-f=${Version}", "server-starter-example")
+    assert version.stdout == UPGRADE
+    assert deploy(UPGRADE).changed() == 0
 
 
 def test_a_missing_variable_is_named_before_anything_changes(hosts: Fleet, debs: Path) -> None:

@@ -97,15 +97,6 @@ frontend web
 backend app
 {servers}"""
 ONE_SERVER = "    server app 127.0.0.1:{app_port} maxconn 10000\n"
-# A fleet's load balancer: round robin over the hosts, each checked every
-# second (down after 3 checks unanswered for 2 s), as operators set it up
-# for hosts that go down; a reload must never make one fail a check.
-BALANCED_SERVERS = """\
-    balance roundrobin
-    option httpchk GET /
-    timeout check 2s
-    default-server check inter 1s fall 3 rise 2 maxconn 10000
-"""
 
 
 class Nginx(Proxy):
@@ -175,11 +166,12 @@ def haproxy(app_port: int, workdir: Path, reuse: str = "safe") -> Iterator[HAPro
 
 
 @contextlib.contextmanager
-def haproxy_balancing(backends: dict[str, str], workdir: Path) -> Iterator[HAProxy]:
-    """HAProxy over several hosts (name: ADDRESS:PORT) with health checks,
-    keeping connections to each alive (http-reuse safe)."""
-    servers = BALANCED_SERVERS + "".join(
-        f"    server {name} {address}\n" for name, address in backends.items()
+def haproxy_balancing(backends: dict[str, str], balancing: str, workdir: Path) -> Iterator[HAProxy]:
+    """HAProxy over several hosts (name: ADDRESS:PORT), keeping connections
+    to each alive (http-reuse safe), with the ``balancing`` lines of a
+    backend (its health checks: any host failing one is an error)."""
+    servers = balancing + "".join(
+        f"    server {name} {address} maxconn 10000\n" for name, address in backends.items()
     )
     with _haproxy(servers, workdir / "haproxy-balancing", "safe") as proxy:
         yield proxy
