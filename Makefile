@@ -22,7 +22,7 @@ lint: deps
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra --durations=20
 
 deb: deps
 	scripts/build-deb.sh

@@ -223,12 +223,14 @@ end
 """
 
 
-def _wrk_command(url: str, connections: int, seconds: int, workdir: Path) -> list[str]:
+def _wrk_command(
+    url: str, connections: int, seconds: int, workdir: Path, threads: int = 2
+) -> list[str]:
     script = workdir / "mixed.lua"
     script.write_text(WRK_SCRIPT.format(body=BODY_BYTES))
     return [
         WRK,
-        "-t2",
+        f"-t{threads}",
         f"-c{connections}",
         f"-d{seconds}s",
         "--timeout",
@@ -254,12 +256,14 @@ def run_wrk(url: str, connections: int, seconds: int, workdir: Path) -> dict[str
 
 
 @contextlib.contextmanager
-def wrk_running(url: str, connections: int, workdir: Path) -> Iterator[dict[str, int | float]]:
+def wrk_running(
+    url: str, connections: int, workdir: Path, threads: int = 2
+) -> Iterator[dict[str, int | float]]:
     """wrk as in ``run_wrk``, from entering the block to leaving it (wrk
     prints its figures when interrupted): the dict yielded holds them then."""
     figures: dict[str, int | float] = {}
     proc = subprocess.Popen(
-        _wrk_command(url, connections, 3600, workdir),
+        _wrk_command(url, connections, 3600, workdir, threads),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -40,6 +40,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BLOCKS = readme_blocks()
 RECIPES = ["asyncio-recipe"]
 BOOTED = ["template-units", "gunicorn-unit-lines", "own-app-units"]  # run by test_systemd.py
+# "Many hosts": its inventory and commands here; its HAProxy backend and a
+# failed host's message are test_fleet.py's.
+FLEET = ["fleet-inventory", "fleet-commands", "fleet-haproxy", "fleet-failure"]
 # Each command block, the test app that stands for its ``myapp``, and the
 # port the command names.
 COMMANDS = {
@@ -63,6 +66,7 @@ def test_every_fenced_block_is_marked_and_every_marked_block_is_run_here() -> No
         "http-server-recipe",
         *RECIPES,
         *BOOTED,
+        *FLEET,
         *COMMANDS,
     }
     # What is left is no command: the deploy's directory layout
@@ -272,3 +276,34 @@ def test_the_proxy_settings_as_written_are_valid_for_nginx_and_haproxy(tmp_path:
         check=False,
     )
     assert haproxy.returncode == 0, haproxy.stdout + haproxy.stderr
+
+
+def test_the_fleet_commands_as_written_deploy_to_the_inventorys_hosts(tmp_path: Path) -> None:
+    """Each "Many hosts" command, run from the checkout against the README's
+    inventory with --list-hosts (which connects to no host): the playbook,
+    its options and the inventory parse, and every host is in the play
+    (test_fleet.py runs the deploys, a host at a time)."""
+    playbook = Path(sys.executable).parent / "ansible-playbook"
+    if not playbook.exists():
+        pytest.skip("ansible-core missing (make deps)")
+    (tmp_path / "inventory.yml").write_text(BLOCKS["fleet-inventory"])
+    (tmp_path / "ansible").symlink_to(ROOT / "ansible")
+    commands = commands_of(BLOCKS["fleet-commands"])
+    assert len(commands) == 3
+    for command in commands:
+        argv = command.split()
+        assert argv[0] == "ansible-playbook"
+        env = {**as_a_user_runs_it(), "ANSIBLE_HOME": str(tmp_path / "home")}
+        listed = subprocess.run(
+            [str(playbook), *argv[1:], "--list-hosts"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert "Deploy an app under server-starter, host by host" in listed.stdout
+        hosts = listed.stdout.partition("hosts (3):")[2].split()
+        assert sorted(hosts) == ["web1", "web2", "web3"], listed.stdout
