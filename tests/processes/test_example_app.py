@@ -70,7 +70,9 @@ def test_processes_serve_together_and_drain_together() -> None:
         worker = int(daemon.wait_for(r"starting new worker (\d+)").group(1))
         forked = children(worker)
         assert len(forked) == 2
-        # Every process takes connections: hold many at once, see who answers.
+        # The processes share the accepting: hold many connections at once,
+        # see who answers.  Which process the kernel wakes is up to it (one
+        # may take a whole burst), so ask again, up to ten bursts.
         answered: set[str] = set()
         lock = threading.Lock()
 
@@ -79,11 +81,14 @@ def test_processes_serve_together_and_drain_together() -> None:
             with lock:
                 answered.add(pid)
 
-        threads = [threading.Thread(target=ask) for _ in range(60)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        for _ in range(10):
+            threads = [threading.Thread(target=ask) for _ in range(60)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            if len(answered) >= 2:
+                break
         assert answered <= {str(pid) for pid in (worker, *forked)}
         assert len(answered) >= 2, answered
         # A request in flight in any process is finished by the drain.
