@@ -325,7 +325,8 @@ def test_an_app_from_a_package_restarts_on_a_new_unit_and_reloads_on_an_upgrade(
     pid = main_pid(host)
     deploy(UPGRADE)
     assert main_pid(host) == pid
-    assert greeting(host)[0] == "packaged" and greeting(host)[1] > serving[1]
+    message, generation = greeting(host)
+    assert message == "packaged" and generation > serving[1]
     version = host.machine.run("dpkg-query", "-W", "-f=${Version}", "server-starter-example")
     assert version.stdout == UPGRADE
     assert deploy(UPGRADE).changed() == 0

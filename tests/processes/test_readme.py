@@ -290,10 +290,10 @@ def test_the_fleet_commands_as_written_deploy_to_the_inventorys_hosts(tmp_path: 
     (tmp_path / "ansible").symlink_to(ROOT / "ansible")
     commands = commands_of(BLOCKS["fleet-commands"])
     assert len(commands) == 3
+    env = {**as_a_user_runs_it(), "ANSIBLE_HOME": str(tmp_path / "home")}
     for command in commands:
         argv = command.split()
         assert argv[0] == "ansible-playbook"
-        env = {**as_a_user_runs_it(), "ANSIBLE_HOME": str(tmp_path / "home")}
         listed = subprocess.run(
             [str(playbook), *argv[1:], "--list-hosts"],
             cwd=tmp_path,
