@@ -25,8 +25,12 @@ SIGINT:
    the app's ``on_shutdown`` hooks run (where aiohttp apps close their
    websockets);
 2. every request that arrives on an open connection is served, and its
-   reply carries ``Connection: close``; a reply prepared before the drain
-   keeps its connection alive, and the next reply on it ends it;
+   reply carries ``Connection: close`` (an ``on_response_prepare`` hook,
+   so that a reply the handler streams itself says it too: a middleware
+   sees such a reply only once its head is out, and the connection would
+   stay with the retiring generation until the drain's deadline cut it);
+   a reply prepared before the drain keeps its connection alive, and the
+   next reply on it ends it;
 3. an idle connection ends when the client closes it or after
    ``keepalive_timeout`` (5 s here: aiohttp's own default, 75 s in 3.8 to
    3.10 and 3,630 s in 3.14, would keep a retiring generation that long),
@@ -45,11 +49,11 @@ import importlib
 import inspect
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from . import asyncio_servers, listener
 
@@ -58,8 +62,6 @@ __all__ = ["run_app", "serve"]
 DRAIN_TIMEOUT = 30.0  # below start_server's --stop-timeout, which would SIGKILL
 KEEPALIVE_TIMEOUT = 5.0  # uvicorn's default; a proxy's pool should close sooner
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class _Runner(web.AppRunner):
@@ -74,14 +76,6 @@ class _Runner(web.AppRunner):
             await super().shutdown()
 
 
-def _sent(response: web.StreamResponse) -> bool:
-    """Whether the reply's head has gone out.  aiohttp 3.8 forgets it once the
-    body is done too (``prepared`` turns False again after ``write_eof()``):
-    forcing a close then would end the connection after a reply that did
-    not say so, under a client about to reuse it."""
-    return response.prepared or bool(getattr(response, "_eof_sent", False))
-
-
 async def serve(
     app: web.Application,
     *,
@@ -93,21 +87,17 @@ async def serve(
     """Serve ``app`` on every inherited stream socket until SIGTERM or
     SIGINT (or ``stop`` is set), then drain.  Other keyword arguments go to
     ``web.AppRunner``.  Returns how many connections the drain had to cut."""
-    draining = False  # read by the middleware, set once the stop comes
+    draining = False  # read by the hook, set once the stop comes
 
-    @web.middleware
-    async def close_when_draining(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            response = await handler(request)
-        except web.HTTPException as reply:  # raised replies are replies too
-            if draining:
-                reply.force_close()
-            raise
-        if draining and not _sent(response):
-            response.force_close()  # "Connection: close", then aiohttp closes
-        return response
+    async def close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+        # Called by every reply's prepare(), after aiohttp chose its headers
+        # and before they go out: the one moment at which a reply the handler
+        # streams itself (a StreamResponse it prepares) can still say close.
+        if draining:
+            response.force_close()  # and aiohttp closes once the reply is done
+            response.headers[hdrs.CONNECTION] = "close"
 
-    app.middlewares.insert(0, close_when_draining)  # outermost: it sees the final reply
+    app.on_response_prepare.append(close_when_draining)
     loop = asyncio.get_running_loop()
     if stop is None:
         stop = asyncio.Event()

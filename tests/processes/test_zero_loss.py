@@ -15,6 +15,7 @@ from a few hundred connections at once."""
 
 from __future__ import annotations
 
+import http.client
 import shutil
 import signal
 import subprocess
@@ -49,6 +50,7 @@ pytestmark = pytest.mark.load
 SRC = ROOT / "src"
 CONCURRENCY = 500
 RELOAD_EVERY = 0.3  # seconds: ten and more reloads within one ab run
+GENERATION = "X-Server-Starter-Generation"
 # name: (worker command, path, requests); every path answers after 100 ms
 # with a body of one length, so that ab's "length" failures mean something.
 APPS_UNDER_LOAD = {
@@ -104,8 +106,7 @@ def test_no_connection_lost_across_reloads(
     assert reloads >= 10
 
 
-# Beside PyPI's aiohttp, Debian 12's 3.8, whose replies forget they were
-# sent once their body is done.
+# Beside PyPI's aiohttp, Debian 12's 3.8.
 KEEP_ALIVE = {
     **KEEP_ALIVE_SERVERS,
     "aiohttp adapter, Debian's aiohttp": aiohttp_app(DEBIAN_PYTHON),
@@ -149,3 +150,37 @@ def test_keep_alive_clients_never_see_a_connection_end_unserved(
     assert resets == 0
     assert slow.served > 0 and fast.served > 0
     assert reloads >= 15
+
+
+@pytest.mark.parametrize("name", KEEP_ALIVE)
+def test_a_connection_streaming_its_replies_leaves_the_retiring_generation(name: str) -> None:
+    """A client reusing one connection for /slow, whose replies the app
+    streams (head first, body 0.3 s later): once the drain has begun, the
+    next reply on it says ``Connection: close``, and the retiring
+    generation exits long before its drain's deadline would cut the
+    connection under a reply."""
+    port = free_port()
+    argv = start_server(port, KEEP_ALIVE[name])
+    with running(argv, env=worker_env(PYTHONPATH=str(SRC))) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            replies: list[tuple[str | None, str | None]] = []  # (generation, Connection:)
+            while len(replies) < 20:
+                conn.request("GET", "/slow")
+                response = conn.getresponse()
+                assert (response.status, bool(response.read())) == (200, True)
+                replies.append((response.getheader(GENERATION), response.getheader("Connection")))
+                if len(replies) == 1:  # the reload, with this connection's next reply started
+                    daemon.signal(signal.SIGHUP)
+                    daemon.wait_for(r"\(generation 2\) is ready")
+                if response.will_close:
+                    break
+        finally:
+            conn.close()
+        assert replies[-1][1] == "close", replies
+        daemon.wait_for(r"^old worker \d+ died", timeout=10)
+        again = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        again.request("GET", "/slow")
+        assert again.getresponse().getheader(GENERATION) == "2"
+        again.close()
