@@ -65,6 +65,7 @@ fi
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e . \
         pytest pytest-timeout hypothesis ruff mypy uvicorn "aiohttp>=3.9" \
+        jsonschema prometheus-client \
         "ansible-core>=2.19"
     # The test harness (tests/harness), importable by the tests and the bench alike.
     site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')

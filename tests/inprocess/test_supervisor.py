@@ -11,16 +11,20 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+import jsonschema
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from server_starter.contract import parse_notify as parse
 from server_starter.superdaemon.environment import read_envdir
 from server_starter.superdaemon.journal import EventLog
+from server_starter.superdaemon.report import metrics_text, status_table
 from server_starter.superdaemon.settings import Settings
 from server_starter.superdaemon.spawn import SpawnError
 from server_starter.superdaemon.supervisor import Host, State, Supervisor
 
 TERM, KILL = signal.SIGTERM, signal.SIGKILL
+WALL_OFFSET = 1_800_000_000.0  # the fake wall clock: the monotonic one plus this
 
 
 class FakeHost(Host):
@@ -34,9 +38,13 @@ class FakeHost(Host):
         self.status_file: list[tuple[int, int]] | None = None
         self.spawn_error: str | None = None
         self.promoted: list[int] = []  # serving(): less likely OOM victims
+        self.metrics: list[str] = []  # each metrics file written
 
     def now(self) -> float:
         return self.clock
+
+    def wall_clock(self) -> float:
+        return self.clock + WALL_OFFSET
 
     def pid(self) -> int:
         return 42
@@ -64,6 +72,9 @@ class FakeHost(Host):
 
     def write_status_file(self, path: str, workers: Sequence[tuple[int, int]]) -> None:
         self.status_file = sorted(workers)
+
+    def write_metrics_file(self, path: str, text: str) -> None:
+        self.metrics.append(text)
 
     def wait(self, supervisor: Supervisor, deadline: float | None) -> None:
         raise AssertionError("the tests deliver events themselves")
@@ -556,3 +567,235 @@ def test_the_persistent_state_survives_being_written_out_and_read_back() -> None
     assert [other.state(n) for n in (1, 2, 3)] == [State.RETIRING, State.SERVING, State.STARTING]
     other.until_next_deadline()  # the restored one goes on where the first left off
     assert other.state(3) is State.SERVING
+
+
+# -- probation: a new generation that dies during --kill-old-delay ------------------
+
+
+def test_a_generation_dying_on_probation_gives_way_back_to_the_old_one() -> None:
+    rig = Rig(environ={"KILL_OLD_DELAY": "5"}).serving()
+    old = rig.pid(1)
+    answers = Answers()
+    rig.supervisor.on_request("reload", answers)
+    rig.advance(1.0)  # 2 is ready: 1 retires, kept for 5 s
+    assert (rig.state(1), rig.state(2)) == (State.RETIRING, State.SERVING)
+    rig.advance(2.0)
+    rig.exit(2, status=256)  # exit code 1, two seconds after it was ready
+    assert rig.state(1) is State.SERVING and rig.pid(1) == old
+    assert rig.host.signals == []  # the old one was never signalled
+    assert answers.one == (
+        False,
+        "generation 2 died 2.0s after it was ready, exit code 1, within --kill-old-delay; "
+        f"generation 1 (pid {old}) keeps serving",
+    )
+    assert rig.host.status_file == [(1, old)]
+    # No restart loop while a healthy generation serves: nothing is due.
+    assert rig.supervisor.next_deadline() is None
+    assert rig.supervisor.failures == 1
+    assert "generation 1 (pid %d) keeps serving" % old in rig.log
+    assert f"worker {old} (generation 1) serves again" in rig.log
+    assert rig.host.systemd[-1]["STATUS"].startswith("reload failed: generation 2 died")
+    # The next request tries the new code again, and may succeed.
+    again = Answers()
+    rig.supervisor.on_request("reload", again)
+    rig.advance(1.0)
+    rig.until_next_deadline()
+    assert again.one == (True, f"generation 3 is serving; sent TERM to worker {old}")
+    assert rig.supervisor.failures == 0
+
+
+def test_a_death_after_the_probation_is_a_crash_of_the_serving_generation() -> None:
+    rig = Rig(environ={"KILL_OLD_DELAY": "5"}).serving()
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.advance(1.0)
+    rig.until_next_deadline()  # 1 signalled: the probation is over
+    assert rig.state(1) is State.DRAINING
+    rig.exit(2, status=256)
+    assert "died unexpectedly" in rig.log
+    assert rig.state(3) is State.STARTING  # respawned at once, as before
+
+
+def test_a_reload_during_a_probation_replaces_the_new_generation_not_the_kept_one() -> None:
+    rig = Rig(environ={"KILL_OLD_DELAY": "5"}).serving()
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.advance(1.0)  # 2 serves on probation, 1 kept
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.advance(1.0)  # 3 serves, 2 retires too
+    assert [rig.state(n) for n in (1, 2, 3)] == [State.RETIRING, State.RETIRING, State.SERVING]
+    rig.exit(3, status=256)
+    assert rig.state(2) is State.SERVING and rig.state(1) is State.RETIRING
+    rig.until_next_deadline()
+    assert rig.host.signals == [(rig.pid(1), TERM)]
+
+
+# -- --max-draining -------------------------------------------------------------------
+
+
+def test_max_draining_stops_the_oldest_with_signal_on_term() -> None:
+    rig = Rig(max_draining=2, signal_on_hup=signal.SIGUSR1).serving()
+    pids = [rig.pid(1)]
+    for number in (2, 3, 4):
+        rig.supervisor.on_signal(signal.SIGHUP)
+        rig.advance(1.0)
+        pids.append(rig.pid(number))
+    # 1, 2 and 3 were replaced; the third over the cap stops the oldest.
+    assert [rig.state(n) for n in (1, 2, 3, 4)] == [
+        State.STOPPING,
+        State.DRAINING,
+        State.DRAINING,
+        State.SERVING,
+    ]
+    usr1 = signal.SIGUSR1
+    assert rig.host.signals == [(pids[0], usr1), (pids[1], usr1), (pids[2], usr1), (pids[0], TERM)]
+    assert "more than 2 old generations draining (--max-draining): stopping the oldest" in rig.log
+    stopping = rig.supervisor.status()["generations"][0]
+    assert stopping["state"] == "stopping"
+    rig.advance(85.0)  # --stop-timeout
+    assert (pids[0], KILL) in rig.host.signals
+
+
+def test_without_max_draining_old_generations_pile_up() -> None:
+    rig = Rig().serving()
+    for _ in range(4):
+        rig.supervisor.on_signal(signal.SIGHUP)
+        rig.advance(1.0)
+    assert [rig.state(n) for n in (1, 2, 3, 4)] == [State.DRAINING] * 4
+
+
+# -- what it reports: --status and the metrics file -------------------------------------
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "docs" / "status.schema.json").read_text()
+)
+
+
+def reported(
+    rig: Rig,
+) -> tuple[dict[str, object], dict[str, dict[tuple[tuple[str, str], ...], float]], str]:
+    """The status (checked against the documented schema), the metrics file's
+    samples as Prometheus's own parser reads them, and the table."""
+    status = json.loads(json.dumps(rig.supervisor.status()))
+    jsonschema.validate(status, SCHEMA)
+    rig.supervisor.publish()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(rig.host.metrics[-1]):
+        assert family.documentation, family.name
+        for sample in family.samples:
+            labels = tuple(sorted(sample.labels.items()))
+            samples.setdefault(sample.name, {})[labels] = sample.value
+    table = status_table(status, rig.host.clock + WALL_OFFSET)
+    return status, samples, table
+
+
+def states(status: dict[str, object]) -> list[tuple[int, str]]:
+    generations = status["generations"]
+    assert isinstance(generations, list)
+    return [(g["generation"], g["state"]) for g in generations]
+
+
+def test_status_and_metrics_through_a_reload_a_failure_and_a_stop() -> None:
+    rig = Rig(environ={"KILL_OLD_DELAY": "5"}, metrics_file="metrics.prom")
+    rig.supervisor.start()
+    status, samples, table = reported(rig)  # starting
+    assert states(status) == [(1, "starting")] and status["serving_generation"] is None
+    assert status["last_reload"] is None
+    assert samples["server_starter_serving_generation"][()] == 0
+    assert samples["server_starter_generations"][(("state", "starting"),)] == 1
+    assert "serving: no generation" in table and "last reload: none yet" in table
+
+    rig.advance(1.0)
+    status, samples, table = reported(rig)  # serving
+    assert states(status) == [(1, "serving")] and status["serving_generation"] == 1
+    assert samples["server_starter_last_reload_successful"][()] == 1
+    assert f"  1           {rig.pid(1)}  serving" in table
+
+    rig.supervisor.on_signal(signal.SIGHUP)
+    status, samples, table = reported(rig)  # a reload in progress
+    assert states(status) == [(1, "serving"), (2, "starting")]
+    last = status["last_reload"]
+    assert isinstance(last, dict) and last["outcome"] == "in_progress"
+    assert samples["server_starter_reload_in_progress"][()] == 1
+    assert "last reload: generation 2 in progress" in table
+
+    rig.advance(2.0)
+    status, samples, table = reported(rig)  # 2 on probation, 1 retiring
+    assert states(status) == [(1, "retiring"), (2, "serving")]
+    generations = status["generations"]
+    assert isinstance(generations, list)
+    assert generations[1]["probation_until"] == rig.host.clock + 5 + WALL_OFFSET
+    assert "on probation for 5.0s more" in table
+
+    rig.advance(1.0)
+    rig.exit(2, status=256)
+    status, samples, table = reported(rig)  # a failed reload: 1 serves again
+    assert states(status) == [(1, "serving")]
+    last = status["last_reload"]
+    assert isinstance(last, dict)
+    assert last["outcome"] == "failed" and last["duration_seconds"] == 3.0
+    assert "died 1.0s after it was ready" in last["reason"]
+    assert status["reloads"] == {"succeeded": 0, "failed": 1, "in_progress": 0}
+    assert samples["server_starter_last_reload_successful"][()] == 0
+    assert samples["server_starter_reloads_total"][(("outcome", "failed"),)] == 1
+    assert samples["server_starter_worker_exits_total"][(("reason", "probation"),)] == 1
+    assert "last reload: generation 2 failed" in table and "failures in a row: 1" in table
+
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.advance(1.0)
+    rig.until_next_deadline()  # 1 signalled after the delay
+    status, samples, table = reported(rig)  # a successful reload: 1 draining
+    assert states(status) == [(1, "draining"), (3, "serving")]
+    assert status["reloads"] == {"succeeded": 1, "failed": 1, "in_progress": 0}
+    assert samples["server_starter_last_reload_successful"][()] == 1
+    assert samples["server_starter_last_reload_duration_seconds"][()] == 6.0
+    assert samples["server_starter_last_reload_success_timestamp_seconds"][()] == (
+        rig.host.clock + WALL_OFFSET
+    )
+    rig.exit(1)
+    assert reported(rig)[0]["worker_exits"] == {
+        "failed_start": 0,
+        "probation": 1,
+        "died": 0,
+        "oom_killed": 0,
+        "drained": 1,
+        "killed": 0,
+        "stopped": 0,
+    }
+
+    # The serving one crashes soon after it was ready: its death carries on
+    # the streak of the failed reload, so the respawn backs off.
+    rig.exit(3, status=256)
+    status, samples, table = reported(rig)  # no generation serves
+    assert states(status) == [] and status["serving_generation"] is None
+    assert status["next_retry_at"] == rig.host.clock + 1.0 + WALL_OFFSET
+    assert samples["server_starter_failure_streak"][()] == 2
+    assert "serving: no generation" in table and "next retry: in 1.0s" in table
+
+    rig.supervisor.on_signal(signal.SIGTERM)
+    status, samples, table = reported(rig)
+    assert status["stopping"] is True and ", stopping" in table
+
+
+def test_the_record_is_handed_over_in_an_upgrade() -> None:
+    rig = Rig().serving()
+    rig.supervisor.on_signal(signal.SIGHUP)
+    rig.advance(1.0)
+    data = json.loads(json.dumps(rig.supervisor.snapshot()))
+    other = Rig()
+    other.host.clock = rig.host.clock
+    other.supervisor.restore(data)
+    assert other.supervisor.status() == rig.supervisor.status()
+    # 0.1's hand-over has no record: the new image starts counting.
+    del data["record"]
+    for generation in data["generations"]:
+        del generation["since"]
+    other = Rig()
+    other.supervisor.restore(data)
+    assert other.supervisor.status()["reloads"]["succeeded"] == 0
+
+
+def test_the_metrics_escape_what_they_quote() -> None:
+    rig = Rig().serving()
+    status = rig.supervisor.status()
+    status["superdaemon"]["version"] = 'a"b\\c'
+    families = {f.name: f for f in text_string_to_metric_families(metrics_text(status))}
+    assert families["server_starter_info"].samples[0].labels["version"] == 'a"b\\c'

@@ -63,6 +63,9 @@ COMMANDS = {
     "ready and the old one signalled, 1 with the reason if it failed",
     "--upgrade": "ask the running start_server to become the installed version in place "
     "(same pid, sockets and workers); exit 0 once it runs, 1 with the reason if not",
+    "--status": "show the running start_server's generations, its last reload and its "
+    "counts (--json: as one JSON object); exit 0 when a generation serves, 3 when none, "
+    "1 when start_server cannot be reached",
     "--stop": "send TERM to the start_server named by --pid-file and wait until it exits",
     "--drain-orphans": "for the unit's ExecStopPost=: if the superdaemon died, send its workers "
     "--signal-on-term and wait (up to --stop-timeout) until they exit; then "
@@ -101,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         usage="%(prog)s [options] -- server-prog [server-args...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --status is not --status-file, nor --rest --restart-timeout
     )
     add = p.add_argument
     add(
@@ -186,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag, meaning in COMMANDS.items():
         add(flag, action="store_true", help=meaning)
+    add("--json", action="store_true", help="with --status: print the status as JSON")
     add("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
@@ -209,23 +214,20 @@ def run(argv: Sequence[str]) -> int:
     if args.version:
         print(__version__)
         return 0
+    if args.json and not args.status:
+        raise UsageError("--json goes with --status")
+    requests = [flag for flag in ("--restart", "--upgrade", "--status") if _given(args, flag)]
+    if len(requests) > 1:
+        raise UsageError(f"{' and '.join(requests)} are separate requests: give one")
+    if args.status:
+        return show_status(_control_path("--status", args), args.json)
     if args.restart or args.upgrade:
-        if args.restart and args.upgrade:
-            raise UsageError("--restart and --upgrade are separate requests: give one")
         option = "--restart" if args.restart else "--upgrade"
-        control_path = control_socket_path(args.control_socket, args.pid_file, os.environ)
-        if control_path is None:
-            raise UsageError(
-                f"{option} needs --pid-file or --control-socket "
-                "(or RuntimeDirectory= in the systemd unit)"
-            )
+        control_path = _control_path(option, args)
         restart_timeout = args.restart_timeout
         if restart_timeout is None:
             restart_timeout = DEFAULTS["restart_timeout"]
         command = "reload" if args.restart else "upgrade"
-        beside_pid_file = control_path == control_socket_path(None, args.pid_file, {})
-        if beside_pid_file and not os.path.exists(control_path):
-            raise ControlError(f"{option}: {no_superdaemon_for(args.pid_file, control_path)}")
         message = request(control_path, command, restart_timeout)
         print(f"start_server: {message}", file=sys.stderr)
         return 0
@@ -245,6 +247,48 @@ def run(argv: Sequence[str]) -> int:
         print(f"stop_server (pid:{os.getpid()}) stopped start_server (pid:{pid})", file=sys.stderr)
         return 0
     return serve(args)
+
+
+def _given(args: argparse.Namespace, flag: str) -> bool:
+    return bool(getattr(args, flag.removeprefix("--").replace("-", "_")))
+
+
+def _control_path(option: str, args: argparse.Namespace) -> str:
+    """The control socket a client request goes to; one line if none is there."""
+    control_path = control_socket_path(args.control_socket, args.pid_file, os.environ)
+    if control_path is None:
+        raise UsageError(
+            f"{option} needs --pid-file or --control-socket "
+            "(or RuntimeDirectory= in the systemd unit)"
+        )
+    beside_pid_file = control_path == control_socket_path(None, args.pid_file, {})
+    if beside_pid_file and not os.path.exists(control_path):
+        raise ControlError(f"{option}: {no_superdaemon_for(args.pid_file, control_path)}")
+    return control_path
+
+
+# --status: the exit codes of `systemctl status` (LSB): 3 when nothing runs.
+EX_NOT_SERVING = 3
+STATUS_TIMEOUT = 10.0
+
+
+def show_status(control_path: str, as_json: bool) -> int:
+    import json
+    import time
+
+    from .report import status_table
+
+    message = request(control_path, "status", STATUS_TIMEOUT)
+    try:
+        status = json.loads(message)
+        serving = status["serving_generation"]
+    except (ValueError, TypeError, KeyError):
+        raise ControlError(f"start_server answered no status: {message[:80]!r}") from None
+    if as_json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(status_table(status, time.time()))
+    return 0 if serving is not None else EX_NOT_SERVING
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,8 @@ the status file, and the control socket behind ``--restart`` and
 The control socket speaks one line each way: the client sends ``reload``
 (or ``upgrade``); the superdaemon answers ``ok MESSAGE`` once the new
 generation is ready and the old ones have been signalled (or the new
-version runs), or ``error MESSAGE`` when it failed.  One request per
+version runs), or ``error MESSAGE`` when it failed.  ``status`` is answered
+at once, with the status as one line of JSON.  One request per
 connection, at most ``MAX_REQUEST`` bytes.  Only our own user and root may
 use it (peer credentials, and a 0600 socket file).
 """
@@ -148,13 +149,19 @@ def no_superdaemon_for(pid_file: str, control_path: str) -> str:
 
 
 def write_status_file(path: str, workers: Iterable[tuple[int, int]]) -> None:
-    """``GEN:PID`` lines sorted by generation, written to a temporary file and
-    renamed into place so readers never see half a file."""
-    lines = "".join(f"{gen}:{pid}\n" for gen, pid in sorted(workers))
+    """``GEN:PID`` lines sorted by generation."""
+    replace_file(path, "".join(f"{gen}:{pid}\n" for gen, pid in sorted(workers)))
+
+
+def replace_file(path: str, text: str, mode: int | None = None) -> None:
+    """Write ``text`` to a temporary file and rename it into place, so readers
+    never see half a file; ``mode``: its permissions, whatever the umask."""
     temporary = f"{path}.{os.getpid()}"
     try:
-        with open(temporary, "w", encoding="ascii") as f:
-            f.write(lines)
+        with open(temporary, "w", encoding="utf-8") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+            f.write(text)
         os.rename(temporary, path)
     except OSError:
         with contextlib.suppress(OSError):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from .. import contract
 from . import notify, oom
-from .control import ControlServer, write_status_file
+from .control import ControlServer, replace_file, write_status_file
 from .environment import read_envdir
 from .settings import Settings
 from .spawn import reap, resource_error, spawn
@@ -117,6 +117,9 @@ class SystemHost(Host):
 
     def now(self) -> float:
         return time.monotonic()
+
+    def wall_clock(self) -> float:
+        return time.time()
 
     def pid(self) -> int:
         return os.getpid()
@@ -224,6 +227,11 @@ class SystemHost(Host):
 
     def write_status_file(self, path: str, workers: Sequence[tuple[int, int]]) -> None:
         write_status_file(path, workers)
+
+    def write_metrics_file(self, path: str, text: str) -> None:
+        # Readable by the collector's user (node_exporter runs as its own),
+        # whatever the service's UMask=.
+        replace_file(path, text, mode=0o644)
 
     def wait(self, supervisor: Supervisor, deadline: float | None) -> None:
         timeout = None if deadline is None else max(0.0, deadline - self.now())

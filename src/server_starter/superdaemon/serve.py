@@ -324,16 +324,15 @@ def _check_paths(settings: Settings) -> None:
     later reload the same faults are warnings: the serving generation stays.)"""
     if settings.envdir is not None and not os.path.isdir(settings.envdir):
         raise StartupError(f"envdir {settings.envdir}: no such directory")
-    if settings.status_file is not None:
-        directory = os.path.dirname(os.path.abspath(settings.status_file))
+    written = (("status file", settings.status_file), ("metrics file", settings.metrics_file))
+    for what, path in written:
+        if path is None:
+            continue
+        directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
-            raise StartupError(
-                f"status file {settings.status_file}: directory {directory} does not exist"
-            )
+            raise StartupError(f"{what} {path}: directory {directory} does not exist")
         if not os.access(directory, os.W_OK | os.X_OK):
-            raise StartupError(
-                f"status file {settings.status_file}: directory {directory} is not writable"
-            )
+            raise StartupError(f"{what} {path}: directory {directory} is not writable")
 
 
 def _redirect_output(log_file: str) -> None:

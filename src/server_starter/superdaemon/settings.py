@@ -167,6 +167,15 @@ class Flag(Option):
         return bool(self.value(settings))
 
 
+class Count(Option):
+    parse = staticmethod(parse_positive_int)
+
+    def __get__(self, settings: Settings, owner: type | None = None) -> int | None:
+        value = self.value(settings)
+        assert value is None or isinstance(value, int)
+        return value
+
+
 class Text(Option):
     parse = staticmethod(str)
 
@@ -227,8 +236,20 @@ class Settings:
         "leave the workers' oom_score_adj as the service sets it (by default a starting "
         "generation gets 1000, the serving one half-way: the OOM killer's first victims)",
     )
+    max_draining = Count(
+        "--max-draining",
+        "at most N replaced generations draining at once: a reload beyond that stops the "
+        "oldest (--signal-on-term, SIGKILL after --stop-timeout) (default unlimited)",
+        metavar="N",
+    )
     directory = Text("--dir", "working directory of the server program", metavar="PATH")
     status_file = Text("--status-file", "write GEN:PID of every live worker here", metavar="FILE")
+    metrics_file = Text(
+        "--metrics-file",
+        "write the Prometheus text format here at each event (for node_exporter's "
+        "textfile collector)",
+        metavar="FILE",
+    )
 
     def __init__(
         self, command: Sequence[str], *, envdir: str | None = None, **given: object

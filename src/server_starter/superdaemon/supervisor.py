@@ -4,9 +4,15 @@ A generation moves through these states, and :meth:`Supervisor._enter` is
 the one place where it does:
 
     STARTING --ready--> SERVING --replaced--> RETIRING --kill-old-delay--> DRAINING --exit--> REAPED
-        |                                                                     |
+        |                 ^                      |   |                          |
+        |                 +--its successor died--+   +--over --max-draining--> STOPPING
+        |                    within the delay                                   |
         +--no READY=1 within --ready-timeout--> KILLED <--still running after --stop-timeout
         +--exit before ready--> REAPED (the start failed; the serving one is untouched)
+
+The kill-old-delay is the new generation's probation: the one it replaced
+is kept, not yet signalled, and serves again if the new one dies in it (the
+reload then fails, and nothing is restarted while the old one serves).
 
 Each state owns at most one deadline (``Generation.deadline``); the loop
 blocks until the earliest deadline or an event (a signal, a worker's exit,
@@ -14,7 +20,9 @@ its notify message, a control request).  With no deadline it blocks
 indefinitely: an idle superdaemon makes no wake-ups.
 
 Invariants: at most one generation is STARTING and at most one SERVING; a
-reload request is answered exactly once.  "Ready" is the worker's
+reload request is answered exactly once.  "Serving" is a state: the one
+generation that new connections are meant for (during the probation the
+one it replaced, RETIRING, accepts on the same sockets too).  "Ready" is the worker's
 ``READY=1`` on its generation's own notify socket or, unless
 ``--require-notify``, being alive after ``--interval`` (Perl's rule).
 
@@ -32,14 +40,18 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 
+from .. import __version__
 from .environment import worker_environment
 from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
+from .report import IN_PROGRESS, Record, metrics_text
 from .settings import SettingError, Settings, Tunables, signal_name
 from .spawn import SpawnError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
     from typing import TypedDict
+
+    from .report import RecordState, Status
 
     class GenerationState(TypedDict):
         number: int
@@ -50,12 +62,14 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
         deadline: float | None
         ready_at: float | None
         streak_at_ready: int
+        since: float  # added in 0.2; absent from 0.1's hand-over
 
     class ReloadState(TypedDict):
         generation: int | None
         replaced: int | None
         failure: str | None
         answers: list[int]  # the waiting clients, by their index in the hand-over
+        started_at: float | None  # added in 0.2
 
     class SupervisorState(TypedDict):
         generations: list[GenerationState]
@@ -66,6 +80,7 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
         stopping: bool
         reloads: list[ReloadState]
         next_reload: ReloadState | None
+        record: RecordState  # added in 0.2
 
 
 # A worker that exits this soon after its spawn with a failure often could
@@ -94,6 +109,10 @@ class Host(abc.ABC):
     def now(self) -> float:
         """Monotonic seconds: CLOCK_MONOTONIC, the clock of systemd's
         ``MONOTONIC_USEC=``."""
+
+    @abc.abstractmethod
+    def wall_clock(self) -> float:
+        """Unix seconds, for what the status and the metrics show."""
 
     @abc.abstractmethod
     def pid(self) -> int:
@@ -130,6 +149,10 @@ class Host(abc.ABC):
         """Replace the status file with ``GEN:PID`` lines (raises OSError)."""
 
     @abc.abstractmethod
+    def write_metrics_file(self, path: str, text: str) -> None:
+        """Replace the metrics file with ``text``, readable by all (raises OSError)."""
+
+    @abc.abstractmethod
     def wait(self, supervisor: Supervisor, deadline: float | None) -> None:
         """Block until an event (delivered to the supervisor's ``on_*``
         methods) or until ``deadline``."""
@@ -140,6 +163,7 @@ class State(enum.Enum):
     SERVING = "serving"  # no deadline
     RETIRING = "retiring"  # replaced; deadline: signal it after --kill-old-delay
     DRAINING = "draining"  # signalled; deadline: SIGKILL after --stop-timeout
+    STOPPING = "stopping"  # over --max-draining, sent --signal-on-term; deadline: as DRAINING
     KILLED = "killed"  # sent SIGKILL; waits for its exit
     REAPED = "reaped"  # exited; no longer the supervisor's
 
@@ -154,6 +178,7 @@ class Generation:
         "number",
         "pid",
         "ready_at",
+        "since",
         "spawned_at",
         "state",
         "streak_at_ready",
@@ -169,6 +194,7 @@ class Generation:
         deadline: float | None = None,
         ready_at: float | None = None,
         streak_at_ready: int = 0,
+        since: float | None = None,
     ) -> None:
         self.number = number
         self.pid = pid
@@ -178,6 +204,7 @@ class Generation:
         self.deadline = deadline
         self.ready_at = ready_at  # None: never ready, so its exit is a failed start
         self.streak_at_ready = streak_at_ready  # failures in a row its start ended
+        self.since = spawned_at if since is None else since  # in its state since
 
     def to_dict(self) -> GenerationState:
         return {
@@ -189,6 +216,7 @@ class Generation:
             "deadline": self.deadline,
             "ready_at": self.ready_at,
             "streak_at_ready": self.streak_at_ready,
+            "since": self.since,
         }
 
     @classmethod
@@ -202,6 +230,7 @@ class Generation:
             deadline=data["deadline"],
             ready_at=data["ready_at"],
             streak_at_ready=data["streak_at_ready"],
+            since=data.get("since"),
         )
 
 
@@ -216,13 +245,14 @@ class Reload:
     when start_server stops.  Requests that arrive while a generation is
     starting join the next reload (coalescing)."""
 
-    __slots__ = ("answers", "failure", "generation", "replaced")
+    __slots__ = ("answers", "failure", "generation", "replaced", "started_at")
 
     def __init__(self) -> None:
         self.answers: list[Answer] = []
         self.generation: Generation | None = None  # started for this reload
         self.replaced: Generation | None = None  # serving when `generation` became ready
-        self.failure: str | None = None  # why `generation` failed to start
+        self.failure: str | None = None  # why `generation` failed
+        self.started_at: float | None = None  # its generation's spawn, when one served
 
     def answer(self, ok: bool, message: str) -> None:
         answers, self.answers = self.answers, []
@@ -260,6 +290,8 @@ class Supervisor:
         self.stopping = False
         self.reloads: list[Reload] = []  # started or waiting for the STARTING one to settle
         self.next_reload: Reload | None = None  # asked for while a generation was starting
+        self.record = Record(host.now())
+        self._metrics_failed = False  # said once, until a write succeeds again
         # Not handed over: the new image runs its own loop.
         self.finished = False
         # In-place upgrade (handover.py), given by whoever owns the resources.
@@ -272,9 +304,11 @@ class Supervisor:
         self._start_generation(Reload(), is_reload=False)
 
     def loop(self) -> int:
+        self.publish()
         while not self.finished:
             self.host.wait(self, self.next_deadline())
             self.on_time()
+            self.publish()  # after each event only: idle, nothing is written
         return 0
 
     def _timers(self) -> Iterator[tuple[float, Callable[[], None]]]:
@@ -318,6 +352,10 @@ class Supervisor:
             self.request_reload(answer, "received reload request, spawning a new worker")
         elif command == "upgrade":
             self.upgrade(answer)
+        elif command == "status":
+            import json  # only here: the resident superdaemon does without it
+
+            answer(True, json.dumps(self.status(), separators=(",", ":")))
         else:
             answer(False, f"unknown request {command!r}")
 
@@ -342,6 +380,8 @@ class Supervisor:
         described = describe_status(status) + (OOM_KILLED if oom_killed else "")
         raw = f"status:{status} ({described})"
         fields = {"generation": gen.number, "pid": gen.pid, "exit_status": status}
+        on_probation = self._probation_of(gen) if was is State.SERVING else None
+        self.record.exited(self._exit_reason(gen, was, on_probation, oom_killed))
         if self.stopping:
             self.log.event(Event.EXIT, f"worker {gen.pid} died, {raw}", **fields)
             self._finish_if_stopped()
@@ -353,6 +393,8 @@ class Supervisor:
                 **fields,
             )
             self._start_failed(gen, self._why_never_ready(gen, was, status, described))
+        elif on_probation is not None:
+            self._probation_failed(gen, on_probation, described)
         elif was is State.SERVING:
             self.log.event(
                 Event.EXIT,
@@ -450,18 +492,22 @@ class Supervisor:
         """The one place a generation changes state: its deadline, its log
         line, its signal, the status file and ``STATUS=``."""
         now = self.host.now()
-        was, gen.state, gen.deadline = gen.state, state, None
+        was, gen.state, gen.deadline, gen.since = gen.state, state, None, now
         if state is State.STARTING:
             gen.deadline = gen.spawned_at + self.settings.ready_wait
             self.log.event(
                 Event.SPAWN, f"starting new worker {gen.pid}", generation=gen.number, pid=gen.pid
             )
         elif state is State.SERVING:
-            gen.ready_at = self.last_restart = now
-            gen.streak_at_ready, self.failures = self.failures, 0
+            if was is State.STARTING:
+                gen.ready_at = self.last_restart = now
+                gen.streak_at_ready, self.failures = self.failures, 0
+                became = "is ready"
+            else:  # RETIRING, kept: its successor died on probation
+                became = "serves again"
             self.log.event(
                 Event.READY,
-                f"worker {gen.pid} (generation {gen.number}) is ready ({how})",
+                f"worker {gen.pid} (generation {gen.number}) {became} ({how})",
                 generation=gen.number,
                 pid=gen.pid,
             )
@@ -487,6 +533,19 @@ class Supervisor:
             self.host.signal(gen.pid, sent)
             if not self.stopping:
                 self.notify_systemd(f"STATUS={self.status_text()}")
+        elif state is State.STOPPING:
+            gen.deadline = now + self.settings.stop_timeout
+            sent = self.settings.signal_on_term
+            self.log.event(
+                Event.DRAIN,
+                f"more than {self.settings.max_draining} old generations draining "
+                f"(--max-draining): stopping the oldest, generation {gen.number}: "
+                f"sending {signal_name(sent)} to worker {gen.pid}",
+                priority=WARNING,
+                generation=gen.number,
+                pid=gen.pid,
+            )
+            self.host.signal(gen.pid, sent)
         elif state is State.KILLED:
             if was is State.STARTING:
                 why = f"sent no READY=1 within {self.settings.ready_timeout:g}s (--ready-timeout)"
@@ -515,7 +574,7 @@ class Supervisor:
             self.log.event(Event.DRAIN, "killing old workers")
             self._enter(gen, State.DRAINING)
             self._settle_reloads()
-        elif gen.state is State.DRAINING:
+        elif gen.state in (State.DRAINING, State.STOPPING):
             self._enter(gen, State.KILLED)
 
     def _start_generation(self, reload: Reload, is_reload: bool) -> None:
@@ -524,6 +583,7 @@ class Supervisor:
         number = self.generation_count
         self.reloads.append(reload)
         if is_reload:
+            reload.started_at = self.host.now()
             self.notify_reloading(f"reloading: starting generation {number}")
         envdir = self.settings.envdir
         values = self.host.read_envdir(envdir)
@@ -571,8 +631,73 @@ class Supervisor:
             self._enter(previous, State.RETIRING)
             if previous.deadline is not None and previous.deadline <= self.host.now():
                 self._deadline_passed(previous)  # no --kill-old-delay: signalled at once
+            self._cap_draining()
         self._settle_reloads()
         self._start_next_reload()
+
+    # -- probation: the kill-old-delay --------------------------------------------
+
+    def _probation_of(self, gen: Generation) -> Generation | None:
+        """The generation ``gen`` replaced, if it is still kept (RETIRING):
+        ``gen`` is then on probation."""
+        for reload in self.reloads:
+            kept = reload.replaced
+            if reload.generation is gen and kept is not None and kept.state is State.RETIRING:
+                return kept
+        return None
+
+    def _probation_failed(self, gen: Generation, kept: Generation, described: str) -> None:
+        """``gen`` died while the one it replaced was kept: that one serves
+        again, never signalled, and the reload fails.  Nothing is restarted:
+        a healthy generation serves; the next reload tries the new code again."""
+        assert gen.ready_at is not None
+        lived = self.host.now() - gen.ready_at
+        reason = f"died {lived:.1f}s after it was ready, {described}, within --kill-old-delay"
+        for reload in self.reloads:
+            if reload.generation is gen:
+                reload.failure = reason
+        self.failures += 1
+        self.log.event(
+            Event.FAILED,
+            f"worker {gen.pid} (generation {gen.number}) {reason}; "
+            f"generation {kept.number} (pid {kept.pid}) keeps serving",
+            priority=ERR,
+            generation=gen.number,
+            pid=gen.pid,
+        )
+        self._enter(kept, State.SERVING, f"kept: generation {gen.number} died on probation")
+        self.notify_systemd(
+            f"STATUS=reload failed: generation {gen.number} {reason}; {self.status_text()}"
+        )
+
+    # -- --max-draining -----------------------------------------------------------
+
+    def _cap_draining(self) -> None:
+        """Over --max-draining, stop the oldest replaced generations."""
+        limit = self.settings.max_draining
+        if limit is None:
+            return
+        old = [g for g in self.generations if g.state in (State.RETIRING, State.DRAINING)]
+        for gen in old[: max(0, len(old) - limit)]:
+            self._enter(gen, State.STOPPING)
+
+    def _exit_reason(
+        self, gen: Generation, was: State, on_probation: Generation | None, oom_killed: bool
+    ) -> str:
+        """The reason a worker's exit is counted under (report.EXIT_REASONS)."""
+        if oom_killed:
+            return "oom_killed"
+        if self.stopping:
+            return "stopped"
+        if gen.ready_at is None:
+            return "failed_start"
+        if on_probation is not None:
+            return "probation"
+        if was is State.KILLED:
+            return "killed"
+        if was in (State.DRAINING, State.STOPPING):
+            return "drained"
+        return "died"
 
     def _why_never_ready(self, gen: Generation, was: State, status: int, described: str) -> str:
         if was is State.KILLED:
@@ -618,10 +743,21 @@ class Supervisor:
             outcome = self._outcome(reload)
             if outcome is not None:
                 self.reloads.remove(reload)
+                self._recorded(reload, *outcome)
                 reload.answer(*outcome)
         if self.stopping and self.next_reload is not None:
             self.next_reload.answer(False, "start_server is stopping")
             self.next_reload = None
+
+    def _recorded(self, reload: Reload, ok: bool, message: str) -> None:
+        if reload.started_at is not None and reload.generation is not None:
+            self.record.reload_done(
+                reload.generation.number,
+                ok,
+                None if ok else message,
+                reload.started_at,
+                self.host.now(),
+            )
 
     def _outcome(self, reload: Reload) -> tuple[bool, str] | None:
         gen, old = reload.generation, reload.replaced
@@ -629,21 +765,28 @@ class Supervisor:
             return False, "start_server is stopping"
         if gen is None:
             return None
+        serving = self._serving()
         if reload.failure is not None:
-            keeps = (
-                "the old generation keeps serving"
-                if self._serving()
-                else "no generation is serving"
-            )
+            if gen.ready_at is not None:  # died on probation: the one it replaced serves
+                assert old is not None
+                return False, (
+                    f"generation {gen.number} {reload.failure}; generation {old.number} "
+                    f"(pid {old.pid}) keeps serving"
+                )
+            keeps = "the old generation keeps serving" if serving else "no generation is serving"
             return False, f"generation {gen.number} failed to start: {reload.failure}; {keeps}"
         if gen.ready_at is None:
             return None  # starting
         if old is None:
             return True, f"generation {gen.number} (pid {gen.pid}) is ready"
-        if old.state in (State.DRAINING, State.KILLED):
-            serving = self._serving()
+        if old.state in (State.DRAINING, State.STOPPING, State.KILLED):
+            now_serving = (
+                f"generation {serving.number} is serving"
+                if serving is not None
+                else f"generation {gen.number} served, none serves now"
+            )
             return True, (
-                f"generation {serving.number if serving else '?'} is serving; sent "
+                f"{now_serving}; sent "
                 f"{signal_name(self.settings.signal_on_hup)} to worker {old.pid}"
             )
         if old.state is State.REAPED:
@@ -764,6 +907,80 @@ class Supervisor:
         except OSError as err:
             self.log.line(f"failed to write status file {path}: {err.strerror}", priority=ERR)
 
+    def status(self) -> Status:
+        """The status as plain data, times in Unix seconds (the schema is
+        report.py's and the README's)."""
+        now = self.host.now()
+        offset = self.host.wall_clock() - now
+
+        def wall(monotonic: float | None) -> float | None:
+            return None if monotonic is None else round(monotonic + offset, 3)
+
+        serving = self._serving()
+        probation = None
+        if serving is not None:
+            kept = self._probation_of(serving)
+            probation = None if kept is None else kept.deadline
+        generations = [
+            {
+                "generation": g.number,
+                "pid": g.pid,
+                "state": g.state.value,
+                "since": wall(g.since),
+                "started_at": wall(g.spawned_at),
+                "ready_at": wall(g.ready_at),
+                "probation_until": wall(probation) if g is serving else None,
+            }
+            for g in self.generations
+        ]
+        finished = self.record.last_reload
+        if finished is not None:
+            finished = {**finished, "started_at": wall(finished["started_at"]) or 0.0}
+        last = finished
+        running = [r for r in self.reloads if r.started_at is not None and r.generation]
+        if running:
+            reload = running[-1]
+            assert reload.started_at is not None and reload.generation is not None
+            last = {
+                "generation": reload.generation.number,
+                "outcome": IN_PROGRESS,
+                "reason": None,
+                "started_at": wall(reload.started_at) or 0.0,
+                "duration_seconds": None,
+            }
+        return {
+            "superdaemon": {
+                "pid": self.host.pid(),
+                "version": __version__,
+                "started_at": wall(self.record.started_at),
+                "uptime_seconds": round(now - self.record.started_at, 3),
+            },
+            "stopping": self.stopping,
+            "serving_generation": serving.number if serving is not None else None,
+            "generations": generations,
+            "last_reload": last,
+            "last_finished_reload": finished,
+            "last_success_at": wall(self.record.last_success_at),
+            "reloads": {**self.record.reloads, IN_PROGRESS: len(running)},
+            "failure_streak": self.failures,
+            "next_retry_at": wall(self.retry_at),
+            "worker_exits": dict(self.record.exits),
+        }
+
+    def publish(self) -> None:
+        """Write the metrics file, if one is asked for (after each event)."""
+        path = self.settings.metrics_file
+        if path is None:
+            return
+        try:
+            self.host.write_metrics_file(path, metrics_text(self.status()))
+        except OSError as err:
+            if not self._metrics_failed:
+                self.log.line(f"failed to write metrics file {path}: {err.strerror}", priority=ERR)
+            self._metrics_failed = True
+        else:
+            self._metrics_failed = False
+
     def notify_systemd(self, message: str) -> None:
         try:
             self.host.notify_systemd(message)
@@ -795,6 +1012,7 @@ class Supervisor:
                 "replaced": reload.replaced.number if reload.replaced else None,
                 "failure": reload.failure,
                 "answers": [i for i in ids if i is not None],
+                "started_at": reload.started_at,
             }
 
         return {
@@ -806,6 +1024,7 @@ class Supervisor:
             "stopping": self.stopping,
             "reloads": [reload_data(r) for r in self.reloads],
             "next_reload": reload_data(self.next_reload) if self.next_reload else None,
+            "record": self.record.to_dict(),
         }
 
     def restore(self, data: SupervisorState, answers: Sequence[Answer] = ()) -> None:
@@ -832,11 +1051,15 @@ class Supervisor:
             reload.replaced = numbered(entry["replaced"], was_ready=True)
             reload.failure = entry["failure"]
             reload.answers = [answers[i] for i in entry["answers"]]
+            reload.started_at = entry.get("started_at")
             return reload
 
         self.reloads = [reload_from(r) for r in data["reloads"]]
         following = data["next_reload"]
         self.next_reload = reload_from(following) if following else None
+        record = data.get("record")
+        if record is not None:  # 0.1 kept none: the record starts at the upgrade
+            self.record = Record.from_dict(record)
 
 
 def _may_have_bound(status: int) -> bool:

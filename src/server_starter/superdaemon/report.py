@@ -1,0 +1,284 @@
+"""What a running superdaemon tells the people and the programs that watch it:
+the record of what happened (reloads and their outcomes, workers' exits),
+and the supervisor's status rendered as the Prometheus text format for
+``--metrics-file`` and as the table of ``start_server --status``.
+
+The status itself is one JSON-serialisable object, built by
+``Supervisor.status()``; its schema is the README's ("Watching it") and
+stays stable: fields may be added, none renamed or removed.  Every time in
+it is Unix seconds; durations are seconds.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
+    from typing import Any, TypedDict
+
+    class LastReload(TypedDict):
+        generation: int
+        outcome: str  # one of OUTCOMES, or "in_progress"
+        reason: str | None
+        started_at: float  # monotonic in the record, Unix seconds in the status
+        duration_seconds: float | None
+
+    class RecordState(TypedDict):
+        started_at: float
+        reloads: dict[str, int]
+        last_reload: LastReload | None
+        last_success_at: float | None
+        last_success_duration: float | None
+        exits: dict[str, int]
+
+    Status = dict[str, Any]
+
+SUCCEEDED, FAILED, IN_PROGRESS = "succeeded", "failed", "in_progress"
+OUTCOMES = (SUCCEEDED, FAILED)
+
+# Why a worker exited, as counted in server_starter_worker_exits_total.
+EXIT_REASONS = {
+    "failed_start": "exited (or was killed) before it was ready",
+    "probation": "died during --kill-old-delay after it was ready; the old generation kept serving",
+    "died": "exited without being asked to: a serving or retiring worker",
+    "oom_killed": "killed by the kernel's OOM killer",
+    "drained": "exited after its drain signal",
+    "killed": "exited after SIGKILL (still running --stop-timeout after its signal)",
+    "stopped": "exited while start_server stopped",
+}
+
+# Every state a generation can be in, as the status and the metrics name it.
+STATES = ("starting", "serving", "retiring", "draining", "stopping", "killed")
+
+
+class Record:
+    """Counts and the last reload: what the state machine does not keep, but
+    an operator asks for.  Handed over in an in-place upgrade."""
+
+    __slots__ = (
+        "exits",
+        "last_reload",
+        "last_success_at",
+        "last_success_duration",
+        "reloads",
+        "started_at",
+    )
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at  # monotonic, like every time the record keeps
+        self.reloads = dict.fromkeys(OUTCOMES, 0)
+        self.last_reload: LastReload | None = None
+        self.last_success_at: float | None = None
+        self.last_success_duration: float | None = None
+        self.exits = dict.fromkeys(EXIT_REASONS, 0)
+
+    def reload_done(
+        self, generation: int, ok: bool, reason: str | None, started_at: float, now: float
+    ) -> None:
+        outcome = SUCCEEDED if ok else FAILED
+        self.reloads[outcome] += 1
+        duration = now - started_at
+        self.last_reload = {
+            "generation": generation,
+            "outcome": outcome,
+            "reason": reason,
+            "started_at": started_at,
+            "duration_seconds": duration,
+        }
+        if ok:
+            self.last_success_at, self.last_success_duration = now, duration
+
+    def exited(self, reason: str) -> None:
+        self.exits[reason] += 1
+
+    def to_dict(self) -> RecordState:
+        return {
+            "started_at": self.started_at,
+            "reloads": dict(self.reloads),
+            "last_reload": self.last_reload,
+            "last_success_at": self.last_success_at,
+            "last_success_duration": self.last_success_duration,
+            "exits": dict(self.exits),
+        }
+
+    @classmethod
+    def from_dict(cls, data: RecordState) -> Record:
+        record = cls(data["started_at"])
+        record.reloads.update(data["reloads"])
+        record.last_reload = data["last_reload"]
+        record.last_success_at = data["last_success_at"]
+        record.last_success_duration = data["last_success_duration"]
+        record.exits.update(data["exits"])
+        return record
+
+
+# -- the Prometheus text format -------------------------------------------------
+
+
+def metrics_text(status: Status) -> str:
+    """The status as Prometheus's text exposition format (version 0.0.4), for
+    node_exporter's textfile collector: HELP and TYPE before each family."""
+    lines: list[str] = []
+
+    def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP server_starter_{name} {help_text}")
+        lines.append(f"# TYPE server_starter_{name} {kind}")
+        for labels, value in samples:
+            lines.append(f"server_starter_{name}{labels} {_number(value)}")
+
+    superdaemon = status["superdaemon"]
+    family(
+        "info",
+        "gauge",
+        "The superdaemon's version and pid (always 1).",
+        [(f'{{version="{_label(superdaemon["version"])}",pid="{superdaemon["pid"]}"}}', 1)],
+    )
+    family(
+        "start_time_seconds",
+        "gauge",
+        "When the superdaemon started (Unix seconds; an in-place upgrade keeps it).",
+        [("", superdaemon["started_at"])],
+    )
+    family(
+        "serving_generation",
+        "gauge",
+        "The number of the generation that serves (SERVER_STARTER_GENERATION); 0 when none.",
+        [("", status["serving_generation"] or 0)],
+    )
+    counts = dict.fromkeys(STATES, 0)
+    for generation in status["generations"]:
+        counts[generation["state"]] += 1
+    family(
+        "generations",
+        "gauge",
+        "Generations alive, by state.",
+        [(f'{{state="{state}"}}', count) for state, count in counts.items()],
+    )
+    family(
+        "reloads_total",
+        "counter",
+        "Reloads finished, by outcome (each attempt: a retry after a failed start counts too).",
+        [(f'{{outcome="{outcome}"}}', status["reloads"][outcome]) for outcome in OUTCOMES],
+    )
+    last = status["last_reload"]
+    finished = status["last_finished_reload"]
+    family(
+        "reload_in_progress",
+        "gauge",
+        "1 while a reload is under way.",
+        [("", 1 if last is not None and last["outcome"] == IN_PROGRESS else 0)],
+    )
+    family(
+        "last_reload_successful",
+        "gauge",
+        "Whether the last finished reload succeeded (1 before any reload).",
+        [("", 0 if finished is not None and finished["outcome"] == FAILED else 1)],
+    )
+    family(
+        "last_reload_success_timestamp_seconds",
+        "gauge",
+        "When the last successful reload finished (Unix seconds; the start before any).",
+        [("", status["last_success_at"] or superdaemon["started_at"])],
+    )
+    family(
+        "last_reload_duration_seconds",
+        "gauge",
+        "How long the last finished reload took, from its request to its outcome.",
+        [("", finished["duration_seconds"] if finished is not None else 0)],
+    )
+    family(
+        "failure_streak",
+        "gauge",
+        "Failed starts, failed reloads and unexpected deaths in a row.",
+        [("", status["failure_streak"])],
+    )
+    family(
+        "worker_exits_total",
+        "counter",
+        "Workers that exited, by reason.",
+        [(f'{{reason="{reason}"}}', count) for reason, count in status["worker_exits"].items()],
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return repr(round(value, 6))
+
+
+def _label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+# -- the table of ``start_server --status`` ---------------------------------------
+
+
+def status_table(status: Status, now: float) -> str:
+    """The status for a person, at a glance; ``now`` in Unix seconds."""
+    superdaemon = status["superdaemon"]
+    lines = [
+        f"start_server {superdaemon['version']} (pid {superdaemon['pid']}), "
+        f"up {_age(now - superdaemon['started_at'])}" + (", stopping" if status["stopping"] else "")
+    ]
+    serving = status["serving_generation"]
+    lines.append(
+        f"serving: generation {serving}" if serving is not None else "serving: no generation"
+    )
+    rows = [("GENERATION", "PID", "STATE", "FOR", "")]
+    for generation in status["generations"]:
+        note = ""
+        if generation.get("probation_until") is not None:
+            note = f"on probation for {_age(generation['probation_until'] - now)} more"
+        rows.append(
+            (
+                str(generation["generation"]),
+                str(generation["pid"]),
+                generation["state"],
+                _age(now - generation["since"]),
+                note,
+            )
+        )
+    if len(rows) > 1:
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            lines.append(("  " + "  ".join(cells) + "  " + row[4]).rstrip())
+    last = status["last_reload"]
+    if last is None:
+        lines.append("last reload: none yet")
+    elif last["outcome"] == IN_PROGRESS:
+        lines.append(
+            f"last reload: generation {last['generation']} in progress, "
+            f"for {_age(now - last['started_at'])}"
+        )
+    else:
+        line = (
+            f"last reload: generation {last['generation']} {last['outcome']} "
+            f"{_age(now - last['started_at'] - last['duration_seconds'])} ago, "
+            f"in {last['duration_seconds']:.2f}s"
+        )
+        if last["reason"]:
+            line += f": {last['reason']}"
+        lines.append(line)
+    reloads = status["reloads"]
+    lines.append(
+        f"reloads: {reloads['succeeded']} succeeded, {reloads['failed']} failed; "
+        f"failures in a row: {status['failure_streak']}"
+    )
+    if status["next_retry_at"] is not None:
+        lines.append(f"next retry: in {_age(status['next_retry_at'] - now)}")
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s"
