@@ -592,7 +592,7 @@ def test_a_generation_dying_on_probation_gives_way_back_to_the_old_one() -> None
     # No restart loop while a healthy generation serves: nothing is due.
     assert rig.supervisor.next_deadline() is None
     assert rig.supervisor.failures == 1
-    assert "generation 1 (pid %d) keeps serving" % old in rig.log
+    assert f"generation 1 (pid {old}) keeps serving" in rig.log
     assert f"worker {old} (generation 1) serves again" in rig.log
     assert rig.host.systemd[-1]["STATUS"].startswith("reload failed: generation 2 died")
     # The next request tries the new code again, and may succeed.

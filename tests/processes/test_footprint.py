@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from harness.support import (
     EXAMPLE_APP,
     PERL_START_SERVER,
+    ROOT,
     START_SERVER,
     free_port,
     process_figures,
@@ -32,19 +35,35 @@ def _wait_until_blocked_in_epoll(pid: int, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def test_idle_superdaemon_never_wakes_up() -> None:
-    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", "--", *EXAMPLE_APP]
-    with running(argv, env=worker_env()) as daemon:
+@pytest.mark.parametrize("watched", [False, True], ids=["plain", "status-and-metrics-files"])
+def test_idle_superdaemon_never_wakes_up(tmp_path: Path, watched: bool) -> None:
+    """Also with the files a monitoring system reads: they are written at
+    events only, never on a timer."""
+    files = [f"--status-file={tmp_path / 'status'}", f"--metrics-file={tmp_path / 'm.prom'}"]
+    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", *(files if watched else [])]
+    with running([*argv, "--", *EXAMPLE_APP], env=worker_env()) as daemon:
         daemon.wait_for(r"is ready")
         _wait_until_blocked_in_epoll(daemon.pid)
         before = process_figures(daemon.pid)
+        written = (tmp_path / "m.prom").stat().st_mtime_ns if watched else 0
         time.sleep(IDLE_WINDOW)  # the measurement window itself
         after = process_figures(daemon.pid)
+        if watched:
+            assert (tmp_path / "m.prom").stat().st_mtime_ns == written
+            assert "server_starter_serving_generation 1\n" in (tmp_path / "m.prom").read_text()
     assert after["voluntary_switches"] == before["voluntary_switches"]
 
 
 @pytest.mark.skipif(not os.path.exists(PERL_START_SERVER), reason="Perl start_server missing")
 def test_resident_memory_at_most_perls(capsys: pytest.CaptureFixture[str]) -> None:
+    # Byte-compiled, as the package installs it (dh_python3 compiles at
+    # install): compiling from source at each start, as it does where
+    # PYTHONDONTWRITEBYTECODE is set, would count the compiler's garbage.
+    compiled = subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "server_starter")],
+        check=False,
+    )
+    assert compiled.returncode == 0
     rss = {}
     for name, program in (("perl", PERL_START_SERVER), ("ours", START_SERVER)):
         argv = [program, f"--port=127.0.0.1:{free_port()}", "--", *EXAMPLE_APP]

@@ -1,7 +1,7 @@
 """What a running superdaemon tells the people and the programs that watch it:
-the record of what happened (reloads and their outcomes, workers' exits),
-and the supervisor's status rendered as the Prometheus text format for
-``--metrics-file`` and as the table of ``start_server --status``.
+the supervisor's status rendered as the Prometheus text format for
+``--metrics-file`` and as the table of ``start_server --status``.  (Imported
+only when one is asked for: the resident superdaemon does without it.)
 
 The status itself is one JSON-serialisable object, built by
 ``Supervisor.status()``; its schema is the README's ("Watching it") and
@@ -13,102 +13,15 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
-    from typing import Any, TypedDict
-
-    class LastReload(TypedDict):
-        generation: int
-        outcome: str  # one of OUTCOMES, or "in_progress"
-        reason: str | None
-        started_at: float  # monotonic in the record, Unix seconds in the status
-        duration_seconds: float | None
-
-    class RecordState(TypedDict):
-        started_at: float
-        reloads: dict[str, int]
-        last_reload: LastReload | None
-        last_success_at: float | None
-        last_success_duration: float | None
-        exits: dict[str, int]
+    from typing import Any
 
     Status = dict[str, Any]
 
 SUCCEEDED, FAILED, IN_PROGRESS = "succeeded", "failed", "in_progress"
 OUTCOMES = (SUCCEEDED, FAILED)
 
-# Why a worker exited, as counted in server_starter_worker_exits_total.
-EXIT_REASONS = {
-    "failed_start": "exited (or was killed) before it was ready",
-    "probation": "died during --kill-old-delay after it was ready; the old generation kept serving",
-    "died": "exited without being asked to: a serving or retiring worker",
-    "oom_killed": "killed by the kernel's OOM killer",
-    "drained": "exited after its drain signal",
-    "killed": "exited after SIGKILL (still running --stop-timeout after its signal)",
-    "stopped": "exited while start_server stopped",
-}
-
 # Every state a generation can be in, as the status and the metrics name it.
 STATES = ("starting", "serving", "retiring", "draining", "stopping", "killed")
-
-
-class Record:
-    """Counts and the last reload: what the state machine does not keep, but
-    an operator asks for.  Handed over in an in-place upgrade."""
-
-    __slots__ = (
-        "exits",
-        "last_reload",
-        "last_success_at",
-        "last_success_duration",
-        "reloads",
-        "started_at",
-    )
-
-    def __init__(self, started_at: float) -> None:
-        self.started_at = started_at  # monotonic, like every time the record keeps
-        self.reloads = dict.fromkeys(OUTCOMES, 0)
-        self.last_reload: LastReload | None = None
-        self.last_success_at: float | None = None
-        self.last_success_duration: float | None = None
-        self.exits = dict.fromkeys(EXIT_REASONS, 0)
-
-    def reload_done(
-        self, generation: int, ok: bool, reason: str | None, started_at: float, now: float
-    ) -> None:
-        outcome = SUCCEEDED if ok else FAILED
-        self.reloads[outcome] += 1
-        duration = now - started_at
-        self.last_reload = {
-            "generation": generation,
-            "outcome": outcome,
-            "reason": reason,
-            "started_at": started_at,
-            "duration_seconds": duration,
-        }
-        if ok:
-            self.last_success_at, self.last_success_duration = now, duration
-
-    def exited(self, reason: str) -> None:
-        self.exits[reason] += 1
-
-    def to_dict(self) -> RecordState:
-        return {
-            "started_at": self.started_at,
-            "reloads": dict(self.reloads),
-            "last_reload": self.last_reload,
-            "last_success_at": self.last_success_at,
-            "last_success_duration": self.last_success_duration,
-            "exits": dict(self.exits),
-        }
-
-    @classmethod
-    def from_dict(cls, data: RecordState) -> Record:
-        record = cls(data["started_at"])
-        record.reloads.update(data["reloads"])
-        record.last_reload = data["last_reload"]
-        record.last_success_at = data["last_success_at"]
-        record.last_success_duration = data["last_success_duration"]
-        record.exits.update(data["exits"])
-        return record
 
 
 # -- the Prometheus text format -------------------------------------------------

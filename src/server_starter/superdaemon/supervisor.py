@@ -43,7 +43,6 @@ from collections.abc import Callable, Iterator, Sequence
 from .. import __version__
 from .environment import worker_environment
 from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
-from .report import IN_PROGRESS, Record, metrics_text
 from .settings import SettingError, Settings, Tunables, signal_name
 from .spawn import SpawnError
 
@@ -51,7 +50,22 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
     from typing import TypedDict
 
-    from .report import RecordState, Status
+    from .report import Status
+
+    class LastReload(TypedDict):
+        generation: int
+        outcome: str  # one of OUTCOMES, or "in_progress"
+        reason: str | None
+        started_at: float  # monotonic in the record, Unix seconds in the status
+        duration_seconds: float | None
+
+    class RecordState(TypedDict):
+        started_at: float
+        reloads: dict[str, int]
+        last_reload: LastReload | None
+        last_success_at: float | None
+        last_success_duration: float | None
+        exits: dict[str, int]
 
     class GenerationState(TypedDict):
         number: int
@@ -166,6 +180,74 @@ class State(enum.Enum):
     STOPPING = "stopping"  # over --max-draining, sent --signal-on-term; deadline: as DRAINING
     KILLED = "killed"  # sent SIGKILL; waits for its exit
     REAPED = "reaped"  # exited; no longer the supervisor's
+
+
+# A reload's outcomes, and why a worker exited, as --status and the metrics
+# count them (the README's "Watching it" says what each means).
+SUCCEEDED, FAILED, IN_PROGRESS = "succeeded", "failed", "in_progress"
+OUTCOMES = (SUCCEEDED, FAILED)
+EXIT_REASONS = ("failed_start", "probation", "died", "oom_killed", "drained", "killed", "stopped")
+
+
+class Record:
+    """Counts and the last reload: what the state machine does not keep, but
+    an operator asks for.  Handed over in an in-place upgrade."""
+
+    __slots__ = (
+        "exits",
+        "last_reload",
+        "last_success_at",
+        "last_success_duration",
+        "reloads",
+        "started_at",
+    )
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at  # monotonic, like every time the record keeps
+        self.reloads = dict.fromkeys(OUTCOMES, 0)
+        self.last_reload: LastReload | None = None
+        self.last_success_at: float | None = None
+        self.last_success_duration: float | None = None
+        self.exits = dict.fromkeys(EXIT_REASONS, 0)
+
+    def reload_done(
+        self, generation: int, ok: bool, reason: str | None, started_at: float, now: float
+    ) -> None:
+        outcome = SUCCEEDED if ok else FAILED
+        self.reloads[outcome] += 1
+        duration = now - started_at
+        self.last_reload = {
+            "generation": generation,
+            "outcome": outcome,
+            "reason": reason,
+            "started_at": started_at,
+            "duration_seconds": duration,
+        }
+        if ok:
+            self.last_success_at, self.last_success_duration = now, duration
+
+    def exited(self, reason: str) -> None:
+        self.exits[reason] += 1
+
+    def to_dict(self) -> RecordState:
+        return {
+            "started_at": self.started_at,
+            "reloads": dict(self.reloads),
+            "last_reload": self.last_reload,
+            "last_success_at": self.last_success_at,
+            "last_success_duration": self.last_success_duration,
+            "exits": dict(self.exits),
+        }
+
+    @classmethod
+    def from_dict(cls, data: RecordState) -> Record:
+        record = cls(data["started_at"])
+        record.reloads.update(data["reloads"])
+        record.last_reload = data["last_reload"]
+        record.last_success_at = data["last_success_at"]
+        record.last_success_duration = data["last_success_duration"]
+        record.exits.update(data["exits"])
+        return record
 
 
 class Generation:
@@ -972,6 +1054,8 @@ class Supervisor:
         path = self.settings.metrics_file
         if path is None:
             return
+        from .report import metrics_text  # only with --metrics-file: it costs memory
+
         try:
             self.host.write_metrics_file(path, metrics_text(self.status()))
         except OSError as err:
