@@ -137,7 +137,7 @@ def status_table(status: Status, now: float) -> str:
     lines.append(
         f"serving: generation {serving}" if serving is not None else "serving: no generation"
     )
-    rows = [("GENERATION", "PID", "STATE", "FOR", "")]
+    rows = [("GENERATION", "PID", "STATE", "FOR", "AGE", "")]
     for generation in status["generations"]:
         note = ""
         if generation.get("probation_until") is not None:
@@ -148,14 +148,15 @@ def status_table(status: Status, now: float) -> str:
                 str(generation["pid"]),
                 generation["state"],
                 _age(now - generation["since"]),
+                _age(now - generation["started_at"]),
                 note,
             )
         )
     if len(rows) > 1:
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
         for row in rows:
             cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-            lines.append(("  " + "  ".join(cells) + "  " + row[4]).rstrip())
+            lines.append(("  " + "  ".join(cells) + "  " + row[5]).rstrip())
     last = status["last_reload"]
     if last is None:
         lines.append("last reload: none yet")

@@ -1017,7 +1017,12 @@ class Supervisor:
         ]
         finished = self.record.last_reload
         if finished is not None:
-            finished = {**finished, "started_at": wall(finished["started_at"]) or 0.0}
+            duration = finished["duration_seconds"]
+            finished = {
+                **finished,
+                "started_at": wall(finished["started_at"]) or 0.0,
+                "duration_seconds": None if duration is None else round(duration, 3),
+            }
         last = finished
         running = [r for r in self.reloads if r.started_at is not None and r.generation]
         if running:
