@@ -239,7 +239,7 @@ def reference(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
         port = free_port()
         daemon = start(port)
         try:
-            wait_until_serving(port)
+            wait_until_answering(port)
             log(f"reference: {name}")
             reload = (lambda d=daemon: d.signal(signal.SIGHUP)) if reloads else None
             result = load_while_reloading(port, reload, profile, workdir, path)
@@ -310,7 +310,7 @@ def behind_nginx(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
             port = free_port()
             daemon = superdaemon("ours", port, options=("--require-notify",), app=app)
             try:
-                wait_until_serving(port)
+                wait_until_answering(port)
                 with proxies.nginx(port, workdir) as proxy:
                     url = f"http://127.0.0.1:{proxy.port}{path}"
                     with reloading(partial(daemon.signal, signal.SIGHUP), RELOAD_EVERY) as asked:
@@ -354,7 +354,7 @@ def nginx_error_kinds(errors: list[str]) -> dict[str, int]:
     return kinds
 
 
-def wait_until_serving(port: int, timeout: float = 60) -> None:
+def wait_until_answering(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(OSError):
@@ -519,7 +519,7 @@ def systemd_scenario(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
             ),
         ):
             machine.run("systemctl", "start", f"{unit}.socket")
-            wait_until_serving(port)
+            wait_until_answering(port)
             machine.run("systemctl", "start", f"{unit}.service")  # no reload merged into a start
             log(f"systemd: {name}")
 
@@ -583,7 +583,7 @@ def latency(profile: dict[str, Any], workdir: Path) -> dict[str, Any]:
             signalled: list[float] = []
             answered: list[float] = []
             try:
-                wait_until_serving(port)
+                wait_until_answering(port)
                 for repeat in range(profile["latency_repeats"]):
                     expected = repeat + 2
                     requested = time.monotonic()
@@ -636,7 +636,7 @@ def footprint(profile: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     try:
         for port in ports.values():
-            wait_until_serving(port)
+            wait_until_answering(port)
         # Side by side, idle, over the same period.
         seconds = profile["idle_seconds"]
         time.sleep(1)  # Perl's start-up ends with a sleep of --interval; let it finish

@@ -153,7 +153,7 @@ class _TrackedProtocol(asyncio.Protocol):
 
 
 class AsyncioServers:
-    """The ``asyncio.Server`` objects serving the inherited stream sockets
+    """The ``asyncio.Server`` objects listening on the inherited stream sockets
     (iterate over them), and the connections they accepted."""
 
     def __init__(self, servers: list[asyncio.Server], in_flight: _InFlight) -> None:

@@ -22,7 +22,7 @@ between reloads):
 
 - ``EXAMPLE_APP_FAIL``: if set and not empty, exit 1 at start with this text
   (a broken deploy).
-- ``EXAMPLE_APP_BOOT_SECONDS``: sleep this long before serving (a slow boot).
+- ``EXAMPLE_APP_BOOT_SECONDS``: sleep this long before answering (a slow boot).
 - ``EXAMPLE_APP_MESSAGE``: replaces "Hello" in the replies.
 - ``EXAMPLE_APP_PROCESSES``: how many processes serve the sockets (default
   1).  The first forks the others, passes the stop signal on to them, and
@@ -354,9 +354,9 @@ class HTTPConnection(asyncio.Protocol):
 
 
 async def serve(children: list[int]) -> int:
-    """One serving process.  The first one (``children`` names the others)
-    tells the superdaemon when it is ready, passes the stop signal on and
-    reports the generation's outcome."""
+    """One process answering on the sockets.  The first one (``children``
+    names the others) tells the superdaemon when it is ready, passes the stop
+    signal on and reports the generation's outcome."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
@@ -437,8 +437,8 @@ def processes() -> int:
     return int(value)
 
 
-def fork_serving_process() -> int:
-    """A child that serves like its parent and ends with it."""
+def fork_sibling() -> int:
+    """A child that answers like its parent and ends with it."""
     parent = os.getpid()
     pid = os.fork()
     if pid:
@@ -470,7 +470,7 @@ def main() -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     if boot > 0 and signal.sigtimedwait(STOP_SIGNALS, boot) is not None:
         return 0
-    children = [fork_serving_process() for _ in range(count - 1)]
+    children = [fork_sibling() for _ in range(count - 1)]
     return asyncio_servers.run(serve(children))
 
 

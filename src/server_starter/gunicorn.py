@@ -8,10 +8,10 @@
   descriptors from 3, ``LISTEN_PID`` set to gunicorn's own pid), so gunicorn
   runs in its systemd mode, which never unlinks a unix socket's path on exit
   (with ``--bind fd://N`` it would).
-- Readiness means serving: gunicorn's own ``READY=1`` comes before any worker
-  has booted, so it is withheld; this module sends ``READY=1`` to the
-  generation's ``NOTIFY_SOCKET`` once as many workers as configured have
-  loaded the app (``post_worker_init``).  An app that cannot be imported
+- Readiness means the workers answer: gunicorn's own ``READY=1`` comes
+  before any worker has booted, so it is withheld; this module sends
+  ``READY=1`` to the generation's ``NOTIFY_SOCKET`` once as many workers as
+  configured have loaded the app (``post_worker_init``).  An app that cannot be imported
   makes its workers fail to boot, and gunicorn exits non-zero: the reload
   fails and the old generation keeps serving.
 - Nothing shared between generations: no pid file, and the control socket

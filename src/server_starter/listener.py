@@ -6,7 +6,7 @@ Perl's, Go's), since all of them write ``SERVER_STARTER_PORT``.
     from server_starter import listener
 
     sockets = listener.listen_all()      # ready socket.socket objects
-    ... start serving on them ...
+    ... accept connections on them ...
     listener.notify_ready()              # the new generation may take over now
 """
 
@@ -84,7 +84,7 @@ def adopt_socketserver(
     server_class: type[ServerT], handler_class: Callable[..., Any], sock: socket.socket
 ) -> ServerT:
     """A ``socketserver`` server (``TCPServer``, ``ThreadingHTTPServer``,
-    ``UnixStreamServer``, ...) serving an inherited socket instead of binding
+    ``UnixStreamServer``, ...) accepting on an inherited socket instead of binding
     its own.  For a graceful stop, give the class ``daemon_threads = False``
     and ``block_on_close = True``, then call ``shutdown()`` (stop accepting)
     and ``server_close()`` (wait for the requests in flight) on SIGTERM."""

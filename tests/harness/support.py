@@ -47,7 +47,7 @@ def uvicorn_app(python: str = sys.executable, apps: Path | str = APPS) -> list[s
 
 
 def gunicorn_uvicorn(python: str = sys.executable, apps: Path | str = APPS) -> list[str]:
-    """gunicorn with our UvicornWorker, serving the same ASGI test app."""
+    """gunicorn with our UvicornWorker, running the same ASGI test app."""
     return [
         python,
         "-m",

@@ -21,7 +21,7 @@ from server_starter.superdaemon.journal import EventLog
 from server_starter.superdaemon.report import metrics_text, status_table
 from server_starter.superdaemon.settings import Settings
 from server_starter.superdaemon.spawn import SpawnError
-from server_starter.superdaemon.supervisor import Host, State, Supervisor
+from server_starter.superdaemon.supervisor import Answer, Host, State, Supervisor
 
 TERM, KILL = signal.SIGTERM, signal.SIGKILL
 WALL_OFFSET = 1_800_000_000.0  # the fake wall clock: the monotonic one plus this
@@ -37,7 +37,7 @@ class FakeHost(Host):
         self.systemd_sent_at: list[float] = []  # the clock at each message
         self.status_file: list[tuple[int, int]] | None = None
         self.spawn_error: str | None = None
-        self.promoted: list[int] = []  # serving(): less likely OOM victims
+        self.promoted: list[int] = []  # rank_as_serving(): less likely OOM victims
         self.metrics: list[str] = []  # each metrics file written
 
     def now(self) -> float:
@@ -63,7 +63,7 @@ class FakeHost(Host):
     def signal(self, pid: int, number: signal.Signals) -> None:
         self.signals.append((pid, number))
 
-    def serving(self, pid: int) -> None:
+    def rank_as_serving(self, pid: int) -> None:
         self.promoted.append(pid)
 
     def notify_systemd(self, message: str) -> None:
@@ -80,10 +80,11 @@ class FakeHost(Host):
         raise AssertionError("the tests deliver events themselves")
 
 
-class Answers:
+class Answers(Answer):
     """A control client's answers, checked to come exactly once each."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.got: list[tuple[bool, str]] = []
 
     def __call__(self, ok: bool, message: str) -> None:
@@ -567,6 +568,30 @@ def test_the_persistent_state_survives_being_written_out_and_read_back() -> None
     assert [other.state(n) for n in (1, 2, 3)] == [State.RETIRING, State.SERVING, State.STARTING]
     other.until_next_deadline()  # the restored one goes on where the first left off
     assert other.state(3) is State.SERVING
+
+
+def test_waiting_clients_are_handed_over_by_what_they_wait_for() -> None:
+    """Each client records its reload; the hand-over names it by its place in
+    the list of clients handed over, whatever order they asked in."""
+    rig = Rig(require_notify=True).serving_by_notify()
+    starting, queued, idle = Answers(), Answers(), Answers()
+    rig.supervisor.on_request("reload", starting)  # starts generation 2
+    rig.supervisor.on_request("reload", queued)  # waits for the next reload
+    assert starting.waits_for is rig.supervisor.reloads[-1]
+    assert queued.waits_for is rig.supervisor.next_reload
+    data = json.loads(json.dumps(rig.supervisor.snapshot([queued, idle, starting])))
+    assert [r["answers"] for r in data["reloads"]] == [[2]]
+    assert data["next_reload"] is not None and data["next_reload"]["answers"] == [0]
+    other = Rig(require_notify=True)
+    other.host.next_pid = rig.host.next_pid
+    adopted = [Answers(), Answers(), Answers()]
+    other.supervisor.restore(data, adopted)
+    other.supervisor.on_message(rig.pid(2), {"READY": "1"})
+    assert adopted[2].one[1].startswith("generation 2 is serving")
+    assert adopted[0].got == adopted[1].got == []
+    other.supervisor.on_message(other.pid(3), {"READY": "1"})
+    assert adopted[0].one[1].startswith("generation 3 is serving")
+    assert adopted[1].got == []
 
 
 # -- probation: a new generation that dies during --kill-old-delay ------------------

@@ -554,9 +554,9 @@ def test_after_a_sigkill_of_the_superdaemon_a_new_one_names_the_orphans_holding_
     tmp_path: Path,
 ) -> None:
     """Run by hand, a superdaemon killed with SIGKILL leaves its workers
-    serving as orphans, holding the port.  A new start_server on that port
+    running as orphans, holding the port.  A new start_server on that port
     says in one line which processes hold it and the command that drains
-    them; after that command it binds and serves."""
+    them; after that command it binds and runs."""
     port = free_port()
     argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP]
     with running(argv, env=worker_env()) as first:

@@ -118,8 +118,8 @@ def test_the_quick_start_as_written() -> None:
     assert not (ROOT / "demo.pid").exists()
 
 
-def serving_app_py(program: str, directory: Path) -> tuple[list[str], int, Path]:
-    """start_server's command line serving ``program`` saved as app.py, as
+def app_py_command_line(program: str, directory: Path) -> tuple[list[str], int, Path]:
+    """start_server's command line running ``program`` saved as app.py, as
     the recipes say to run it: the argv, its port and its pid file."""
     (directory / "app.py").write_text(program)
     port, pid_file = free_port(), directory / "pid"
@@ -140,7 +140,7 @@ def serving_app_py(program: str, directory: Path) -> tuple[list[str], int, Path]
 def test_a_recipe_as_written_reloads_under_load_without_a_failure(
     name: str, tmp_path: Path
 ) -> None:
-    argv, port, pid_file = serving_app_py(BLOCKS[name], tmp_path)
+    argv, port, pid_file = app_py_command_line(BLOCKS[name], tmp_path)
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
         with reloading(lambda: restart(pid_file), every=0.5):
@@ -187,7 +187,7 @@ def keep_alive_clients_through_reloads(
     """``program`` served as app.py under HTTP/1.1 clients through
     ``reloads`` reloads, each old generation gone within 30 s, then stopped
     with exit 0: the load's counts and the superdaemon's output."""
-    argv, port, pid_file = serving_app_py(program, directory)
+    argv, port, pid_file = app_py_command_line(program, directory)
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
         with KeepAliveLoad(port, "/", threads=threads) as load:
@@ -222,7 +222,7 @@ def test_the_keep_alive_recipe_serves_kept_alive_clients_across_reloads(tmp_path
 
 
 def test_the_listener_api_as_written(tmp_path: Path) -> None:
-    argv, port, _ = serving_app_py(BLOCKS["listener-api"], tmp_path)
+    argv, port, _ = app_py_command_line(BLOCKS["listener-api"], tmp_path)
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
         daemon.wait_for(rf"^\{{'127.0.0.1:{port}': 3\}}$")

@@ -33,7 +33,7 @@ def upgrade(pid_file: Path) -> subprocess.CompletedProcess[str]:
     return run_start_server("--upgrade", f"--pid-file={pid_file}", timeout=60)
 
 
-def serving_worker(port: int) -> tuple[int, int]:
+def answering_worker(port: int) -> tuple[int, int]:
     """(generation, worker pid) of the process that answers."""
     _, headers, _ = http_get(port)
     return int(headers["x-server-starter-generation"]), int(headers["x-worker-pid"])
@@ -53,7 +53,7 @@ def test_twenty_upgrades_under_load_lose_nothing(tmp_path: Path, capsys: object)
     upgrades = 20
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"is ready")
-        worker = serving_worker(port)
+        worker = answering_worker(port)
         results: list[subprocess.CompletedProcess[str]] = []
         rss: list[float] = []
 
@@ -70,7 +70,7 @@ def test_twenty_upgrades_under_load_lose_nothing(tmp_path: Path, capsys: object)
             thread.join(120)  # the load ended first: let the upgrades finish
         assert [r.returncode for r in results] == [0] * upgrades, [r.stderr for r in results]
         assert all("upgraded in place from" in r.stderr for r in results)
-        assert serving_worker(port) == worker, "a worker was replaced"
+        assert answering_worker(port) == worker, "a worker was replaced"
         assert len(daemon.matches(r"^start_server upgraded in place")) == upgrades
         assert not daemon.matches(r"sending \w+ to worker")
     assert load["failed"] == 0 and load["resets"] == 0, load["failures_by_kind"]
@@ -151,7 +151,7 @@ def test_a_worker_exiting_during_the_exec_is_reaped_with_its_status(tmp_path: Pa
     argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}", "--", *EXAMPLE_APP]
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready")
-        _, worker = serving_worker(port)
+        _, worker = answering_worker(port)
         os.kill(worker, signal.SIGKILL)
         result = upgrade(pid_file)
         assert result.returncode == 0, result.stderr
@@ -169,7 +169,7 @@ def test_a_broken_new_version_changes_nothing(tmp_path: Path) -> None:
     argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}", "--", *EXAMPLE_APP]
     with running(argv, env=env) as daemon:
         daemon.wait_for(r"is ready")
-        worker = serving_worker(port)
+        worker = answering_worker(port)
         with (installed / "server_starter" / "superdaemon" / "host.py").open("a") as broken:
             broken.write("\nraise ImportError('a broken build of host.py')\n")
         result = upgrade(pid_file)  # the client runs the good copy
@@ -179,7 +179,7 @@ def test_a_broken_new_version_changes_nothing(tmp_path: Path) -> None:
             "ImportError: a broken build of host.py\n"
         )
         daemon.wait_for(r"^upgrade refused, start_server \S+ keeps running: the new version fails")
-        assert serving_worker(port) == worker
+        assert answering_worker(port) == worker
         assert run_start_server("--restart", f"--pid-file={pid_file}").returncode == 0
         assert generation_of(port) == 2
 
@@ -189,9 +189,9 @@ def test_sigusr2_upgrades_too(tmp_path: Path) -> None:
     argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP]
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"is ready")
-        worker = serving_worker(port)
+        worker = answering_worker(port)
         daemon.signal(signal.SIGUSR2)
         daemon.wait_for(r"^start_server upgraded in place from \S+ to \S+ \(pid \d+\)")
-        assert serving_worker(port) == worker
+        assert answering_worker(port) == worker
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -16,16 +15,7 @@ from ..contract import PortVariableError
 from . import orphans
 from .control import ControlError, control_socket_path, no_superdaemon_for, request, stop
 from .serve import StartupError, UsageError, serve
-from .settings import (
-    DEFAULT_PATH_MODE,
-    DEFAULTS,
-    STOP_TIMEOUT,
-    SettingError,
-    Settings,
-    parse_mode,
-    parse_positive_int,
-    parse_seconds,
-)
+from .settings import Client, Option, Resources, SettingError, Settings, Tunables
 from .sockets import SocketError
 from .spawn import SpawnError
 
@@ -55,9 +45,9 @@ the options that locate it (--pid-file, --control-socket).
 """
 
 
-# The options that ask for a command instead of serving, each written once:
-# the parser is built from this, and upgrade.py tells a client's command
-# line from a superdaemon's by it.
+# The options that ask for a command instead of running the superdaemon,
+# each written once: the parser is built from this, and upgrade.py tells a
+# client's command line from a superdaemon's by it.
 COMMANDS = {
     "--restart": "ask the running start_server to reload; exit 0 once the new generation is "
     "ready and the old one signalled, 1 with the reason if it failed",
@@ -92,11 +82,6 @@ def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
     return convert
 
 
-_seconds = _argument(parse_seconds)
-_positive_int = _argument(parse_positive_int)
-_mode = _argument(parse_mode)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -107,92 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # --status is not --status-file, nor --rest --restart-timeout
     )
     add = p.add_argument
-    add(
-        "--port",
-        action="append",
-        default=[],
-        metavar="[HOST:]PORT[=FD]",
-        help="TCP port to listen to: PORT (0.0.0.0), HOST:PORT, [V6ADDR]:PORT; "
-        "=FD pins the descriptor; a 'u' before PORT means UDP (repeatable)",
-    )
-    add(
-        "--path",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="unix socket path to listen to (repeatable)",
-    )
-    add(
-        "--path-mode",
-        type=_mode,
-        default=DEFAULT_PATH_MODE,
-        metavar="MODE",
-        help=f"permissions of --path sockets (default {DEFAULT_PATH_MODE:04o}, as Perl's "
-        "start_server)",
-    )
-    add(
-        "--backlog",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="listen(2) backlog (default SOMAXCONN)",
-    )
-    for name, option in Settings.options().items():
-        if option.parse is None:
-            add(option.flag, dest=name, action="store_true", help=option.help_text())
-        else:
-            convert = _argument(option.parse)
-            add(
-                option.flag,
-                dest=name,
-                type=convert,
-                metavar=option.metavar,
-                help=option.help_text(),
-            )
-    add("--pid-file", metavar="FILE", help="write start_server's pid here (locked while it runs)")
-    add(
-        "--envdir",
-        metavar="DIR",
-        help="directory of environment variables for the workers, re-read before each start",
-    )
-    add(
-        "--log-file",
-        metavar="FILE|'| CMD'",
-        help="append stdout and stderr to FILE, or pipe them to CMD",
-    )
-    add("--daemonize", action="store_true", help="fork into the background (needs --log-file)")
-    add("--enable-auto-restart", action="store_true", help="restart the worker periodically")
-    add(
-        "--auto-restart-interval",
-        type=_seconds,
-        metavar="SECONDS",
-        help=f"period of --enable-auto-restart (default {DEFAULTS['auto_restart_interval']:g})",
-    )
-    add(
-        "--kill-old-delay",
-        type=_seconds,
-        metavar="SECONDS",
-        help="wait this long after a new worker is ready before signalling old ones "
-        f"(default {DEFAULTS['kill_old_delay']:g}, or "
-        f"{DEFAULTS['kill_old_delay_with_auto_restart']:g} with auto-restart)",
-    )
-    add(
-        "--control-socket",
-        metavar="PATH",
-        help="unix socket for --restart (default $RUNTIME_DIRECTORY/start_server.sock, "
-        "else PIDFILE.sock)",
-    )
-    add(
-        "--restart-timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help=f"how long --restart waits for the outcome (default {DEFAULTS['restart_timeout']:g})",
-    )
+    # The declared options get no default here: None is "not given", and
+    # each declaration has its own default.
+    for declared in (Resources, Settings, Tunables, Client):
+        for name, option in declared.options().items():
+            _add_option(p, name, option)
     for flag, meaning in COMMANDS.items():
         add(flag, action="store_true", help=meaning)
     add("--json", action="store_true", help="with --status: print the status as JSON")
     add("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
+
+
+def _add_option(parser: argparse.ArgumentParser, name: str, option: Option) -> None:
+    if option.parse is None:
+        parser.add_argument(
+            option.flag, dest=name, action="store_true", default=None, help=option.help_text()
+        )
+        return
+    parser.add_argument(
+        option.flag,
+        dest=name,
+        action="append" if option.repeatable else "store",
+        type=_argument(option.parse),
+        metavar=option.metavar,
+        help=option.help_text(),
+    )
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -219,31 +144,31 @@ def run(argv: Sequence[str]) -> int:
     requests = [flag for flag in ("--restart", "--upgrade", "--status") if _given(args, flag)]
     if len(requests) > 1:
         raise UsageError(f"{' and '.join(requests)} are separate requests: give one")
+    located = Resources.from_args(args)
     if args.status:
-        return show_status(_control_path("--status", args), args.json)
+        return show_status(_control_path("--status", located), args.json)
     if args.restart or args.upgrade:
         option = "--restart" if args.restart else "--upgrade"
-        control_path = _control_path(option, args)
-        restart_timeout = args.restart_timeout
-        if restart_timeout is None:
-            restart_timeout = DEFAULTS["restart_timeout"]
+        control_path = _control_path(option, located)
         command = "reload" if args.restart else "upgrade"
-        message = request(control_path, command, restart_timeout)
+        message = request(control_path, command, Client.from_args(args).restart_timeout)
         print(f"start_server: {message}", file=sys.stderr)
         return 0
-    stop_timeout = STOP_TIMEOUT if args.stop_timeout is None else args.stop_timeout
+    # The server's own settings, from its command line (ExecStop=, ExecStopPost=).
+    settings = Settings.from_args(args)
     if args.drain_orphans:
-        sent = args.signal_on_term or signal.SIGTERM
         try:
-            done = orphans.drain(dict(os.environ), os.getpid(), sent, stop_timeout)
+            done = orphans.drain(
+                dict(os.environ), os.getpid(), settings.signal_on_term, settings.stop_timeout
+            )
         except orphans.OrphansError as err:
             raise UsageError(str(err)) from None
         print(f"start_server: {done}", file=sys.stderr)
         return 0
     if args.stop:
-        if args.pid_file is None:
+        if located.pid_file is None:
             raise UsageError("--stop option requires --pid-file to be set as well")
-        pid = stop(args.pid_file, stop_timeout + 5)
+        pid = stop(located.pid_file, settings.stop_timeout + 5)
         print(f"stop_server (pid:{os.getpid()}) stopped start_server (pid:{pid})", file=sys.stderr)
         return 0
     return serve(args)
@@ -253,17 +178,19 @@ def _given(args: argparse.Namespace, flag: str) -> bool:
     return bool(getattr(args, flag.removeprefix("--").replace("-", "_")))
 
 
-def _control_path(option: str, args: argparse.Namespace) -> str:
+def _control_path(option: str, located: Resources) -> str:
     """The control socket a client request goes to; one line if none is there."""
-    control_path = control_socket_path(args.control_socket, args.pid_file, os.environ)
+    pid_file = located.pid_file
+    control_path = control_socket_path(located.control_socket, pid_file, os.environ)
     if control_path is None:
         raise UsageError(
             f"{option} needs --pid-file or --control-socket "
             "(or RuntimeDirectory= in the systemd unit)"
         )
-    beside_pid_file = control_path == control_socket_path(None, args.pid_file, {})
+    beside_pid_file = control_path == control_socket_path(None, pid_file, {})
     if beside_pid_file and not os.path.exists(control_path):
-        raise ControlError(f"{option}: {no_superdaemon_for(args.pid_file, control_path)}")
+        assert pid_file is not None
+        raise ControlError(f"{option}: {no_superdaemon_for(pid_file, control_path)}")
     return control_path
 
 

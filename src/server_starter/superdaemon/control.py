@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from .notify import UCRED
 from .sockets import socket_is_live
+from .supervisor import Answer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,6 +39,12 @@ if TYPE_CHECKING:
 
         fd: int
         buffer: str
+
+    class OpenFile(TypedDict):
+        """The pid file or the control socket, handed over."""
+
+        path: str
+        fd: int
 
 
 MAX_REQUEST = 256
@@ -94,11 +101,17 @@ class PidFile:
             raise ControlError(f"failed to write {self.path}: {err.strerror}") from None
         self._file = handle
 
+    def handover(self, keep: Callable[[int], int]) -> OpenFile:
+        """Its part of an in-place upgrade's state; ``keep`` registers the
+        descriptor (handover.Descriptors)."""
+        return {"path": self.path, "fd": keep(self.fileno())}
+
     @classmethod
-    def adopt(cls, path: str, fd: int) -> PidFile:
+    def adopt(cls, state: OpenFile) -> PidFile:
         """The pid file a previous image of this process created (its lock
         belongs to the open file, so it held across exec; the pid is ours)."""
-        pid_file = cls(path)
+        pid_file = cls(state["path"])
+        fd = state["fd"]
         os.set_inheritable(fd, False)
         pid_file._file = open(fd, "w", encoding="ascii")  # noqa: SIM115 - held for our lifetime
         return pid_file
@@ -209,10 +222,10 @@ def _open_spare() -> int | None:
 
 class ControlServer:
     """The superdaemon's side: accepts clients, reads each one's request line
-    and hands it to the supervisor with a function that answers it once."""
+    and hands it to the supervisor with the client, which it answers once."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket, path: str) -> None:
+        self.sock, self.path = sock, path
         self.connections: list[_Connection] = []
         # Out of descriptors, accept() fails and the client stays queued: the
         # loop would wake for it forever.  This spare one, closed for the
@@ -259,27 +272,37 @@ class ControlServer:
 
     # -- the hand-over of an in-place upgrade (see handover.py) -------------
 
-    def handover(self, keep: Callable[[int], int]) -> list[ConnectionState]:
-        """The clients still waiting (for a reload's outcome, most often)."""
-        self.connections = [c for c in self.connections if not c.done]
-        return [
-            {"fd": keep(c.conn.fileno()), "buffer": c.buffer.decode(errors="replace")}
-            for c in self.connections
-        ]
+    def handover(self, keep: Callable[[int], int]) -> OpenFile:
+        """The listening socket's part of the state; ``keep`` registers the
+        descriptor (handover.Descriptors)."""
+        return {"path": self.path, "fd": keep(self.sock.fileno())}
 
-    def adopt(self, connections: list[ConnectionState]) -> list[_Connection]:
-        """Take back the clients handed over, in the same order (after attach)."""
-        for entry in connections:
-            conn = socket.socket(fileno=entry["fd"])
-            conn.set_inheritable(False)
-            conn.setblocking(False)
-            connection = _Connection(conn, self._register, self._unregister)
-            connection.buffer = entry["buffer"].encode()
-            self.connections.append(connection)
+    @classmethod
+    def adopt(cls, state: OpenFile) -> ControlServer:
+        """The control socket the previous image of this process listened on
+        (close-on-exec again, as it was)."""
+        sock = socket.socket(fileno=state["fd"])
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        return cls(sock, state["path"])
+
+    def waiting(self) -> list[_Connection]:
+        """The clients not answered yet (waiting for a reload's outcome, most
+        often), in the order a hand-over lists them."""
+        self.connections = [c for c in self.connections if not c.done]
         return list(self.connections)
 
+    def adopt_connections(self, states: list[ConnectionState]) -> list[_Connection]:
+        """Take back the clients handed over, in the same order (after attach)."""
+        adopted = [_Connection.adopt(s, self._register, self._unregister) for s in states]
+        self.connections += adopted
+        return adopted
 
-class _Connection:
+
+class _Connection(Answer):
+    """One client: its request line, then the answer (``waits_for``: what the
+    supervisor has it wait for meanwhile)."""
+
     __slots__ = ("buffer", "conn", "done", "unregister")
 
     def __init__(
@@ -288,6 +311,7 @@ class _Connection:
         register: Callable[[socket.socket, Callable[[Supervisor], None]], None],
         unregister: Callable[[socket.socket], None],
     ) -> None:
+        super().__init__()
         self.conn = conn
         self.buffer = b""
         self.done = False  # answered, or the client went away
@@ -317,6 +341,25 @@ class _Connection:
 
     def __call__(self, ok: bool, message: str) -> None:
         self.answer(ok, message)
+
+    def handover(self, keep: Callable[[int], int]) -> ConnectionState:
+        """Its part of an in-place upgrade's state (what it waits for is the
+        supervisor's part)."""
+        return {"fd": keep(self.conn.fileno()), "buffer": self.buffer.decode(errors="replace")}
+
+    @classmethod
+    def adopt(
+        cls,
+        state: ConnectionState,
+        register: Callable[[socket.socket, Callable[[Supervisor], None]], None],
+        unregister: Callable[[socket.socket], None],
+    ) -> _Connection:
+        conn = socket.socket(fileno=state["fd"])
+        conn.set_inheritable(False)
+        conn.setblocking(False)
+        connection = cls(conn, register, unregister)
+        connection.buffer = state["buffer"].encode()
+        return connection
 
     def answer(self, ok: bool, message: str) -> None:
         if self.done:

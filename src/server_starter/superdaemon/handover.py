@@ -19,10 +19,13 @@ every descriptor, reopens a pidfd for each worker (one that exited meanwhile
 is a zombie: its pidfd is readable at once and it is reaped with its real
 status), unblocks the signals and carries on.  Workers are never signalled.
 
-The state is one JSON object, typed by :class:`State` (and the holders'
-own parts: ``Supervisor.snapshot``, ``SystemHost.handover``,
-``ControlServer.handover``).  Compatibility rule: ``HANDOVER_FORMAT`` names
-the layout; a version reads every format in ``READS_FORMATS``, and a change
+The state is one JSON object, typed by :class:`State`; each holder writes
+its own part and adopts it back (``Listener``, ``PidFile``,
+``ControlServer`` and its connections, ``SystemHost`` for the workers,
+``Supervisor.snapshot`` and ``restore``).  A waiting client is named by its
+place in ``connections``: in its reload's ``answers``, or in
+``upgrade_answers``.  Compatibility rule: ``HANDOVER_FORMAT`` names the
+layout; a version reads every format in ``READS_FORMATS``, and a change
 that an older reader would misread gets a new number (the new version's
 check then refuses the upgrade before anything changes).  Every descriptor
 the state names is written through :meth:`Descriptors.keep`, which is the
@@ -43,19 +46,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
     from typing import TypedDict
 
-    from .control import ConnectionState
+    from .control import ConnectionState, OpenFile
     from .host import WorkerState
+    from .sockets import ListenerState
     from .supervisor import SupervisorState
-
-    class ListenerState(TypedDict):
-        key: str
-        fd: int
-        name: str | None
-        created_path: str | None
-
-    class OpenFile(TypedDict):
-        path: str
-        fd: int
 
     class State(TypedDict):
         format: int
@@ -81,7 +75,7 @@ CHECK_TIMEOUT = 20.0
 
 
 class UpgradeError(Exception):
-    """Why an upgrade did not happen (the running version keeps serving)."""
+    """Why an upgrade did not happen (the running version carries on)."""
 
 
 class Descriptors:

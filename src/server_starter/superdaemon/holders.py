@@ -4,7 +4,7 @@ only when run as root).
 
 Used when a bind fails, so the one-line error names the culprits: most often
 the workers of an earlier start_server killed with SIGKILL, which keep the
-listening socket they inherited and go on serving as orphans.
+listening socket they inherited and go on accepting on it as orphans.
 """
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ class SystemHost(Host):
             )
             self._watch(_Worker(entry["pid"], os.pidfd_open(entry["pid"]), notifier))
 
-    def serving(self, pid: int) -> None:
+    def rank_as_serving(self, pid: int) -> None:
         if self.rank_for_oom:
             oom.set_score(pid, self.serving_score)
 

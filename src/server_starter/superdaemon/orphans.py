@@ -45,7 +45,7 @@ class OrphansError(Exception):
 
 
 # $SERVICE_RESULT values for which the main process itself ended the run
-# (systemd.exec(5)): its workers may be serving still.
+# (systemd.exec(5)): its workers may still be running.
 SUPERDAEMON_DIED = frozenset({"signal", "core-dump", "exit-code", "oom-kill", "watchdog"})
 
 

@@ -1,4 +1,4 @@
-"""Serving: everything ``start_server -- server-prog`` holds while it runs, opened
+"""Running: everything ``start_server -- server-prog`` holds while it runs, opened
 in order and released in reverse by one owner (an ExitStack): the listening
 sockets, the log redirection, the daemon fork, the pid file, the control
 socket, the status file, the loop."""
@@ -18,7 +18,7 @@ from .control import ControlServer, PidFile, control_socket_path, listen_control
 from .environment import RESUME_VARIABLE
 from .host import SystemHost
 from .journal import WARNING, Event, EventLog, under_systemd
-from .settings import SettingError, Settings, export_perl_variables
+from .settings import Resources, SettingError, Settings, export_perl_variables
 from .sockets import (
     Listener,
     PathSpec,
@@ -32,7 +32,11 @@ from .sockets import (
     parse_port,
     remove_socket_path,
 )
-from .supervisor import Answer, Supervisor
+from .supervisor import UPGRADE, Supervisor
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .supervisor import Answer
 
 EX_FAILURE = 1
 
@@ -46,13 +50,14 @@ class StartupError(Exception):
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Start serving (the first of the two ways a running superdaemon is
+    """Start the superdaemon (the first of the two ways a running one is
     made), or carry on where the previous image of this process left off
     (the second: :func:`resume`)."""
     resume_fd = os.environ.pop(RESUME_VARIABLE, None)
     if resume_fd is not None:
         return resume(args, int(resume_fd))
-    if args.daemonize and args.log_file is None:
+    resources = Resources.from_args(args)
+    if resources.daemonize and resources.log_file is None:
         raise UsageError("--log-file option must be specified together with --daemonize")
     if not args.command:
         raise UsageError("server program not specified")
@@ -60,58 +65,50 @@ def serve(args: argparse.Namespace) -> int:
     settings = settings_from(args, environ)
     _check_command(settings.command, settings.directory, environ.get("PATH"))
     _check_paths(settings)
-    control_path = control_socket_path(args.control_socket, args.pid_file, environ)
+    control_path = control_socket_path(resources.control_socket, resources.pid_file, environ)
     systemd_socket = environ.pop("NOTIFY_SOCKET", None) or None
 
-    with contextlib.ExitStack() as resources:
-        listeners, created = _open_listeners(args)
+    with contextlib.ExitStack() as cleanup:
+        listeners, created = _open_listeners(resources)
         if created:
-            resources.callback(close_all, listeners)
-        if args.log_file is not None:
-            _redirect_output(args.log_file)
+            cleanup.callback(close_all, listeners)
+        if resources.log_file is not None:
+            _redirect_output(resources.log_file)
         stdin_is_a_listener = any(listener.fd == 0 for listener in listeners)
-        daemon_ready = _daemonize(keep_stdin=stdin_is_a_listener) if args.daemonize else None
+        daemon_ready = _daemonize(keep_stdin=stdin_is_a_listener) if resources.daemonize else None
         pid_file = None
-        if args.pid_file:
-            pid_file = PidFile(args.pid_file)
+        if resources.pid_file:
+            pid_file = PidFile(resources.pid_file)
             pid_file.create()
-            resources.callback(pid_file.remove)
+            cleanup.callback(pid_file.remove)
         control = None
         if control_path is not None:
-            control = ControlServer(listen_control(control_path))
-        opened = Opened(listeners, created, pid_file, control, control_path)
-        to_journal = args.log_file is None and under_systemd(environ)
-        serving = Serving(resources, settings, environ, opened, systemd_socket, to_journal)
-        serving.supervisor.start()
+            control = ControlServer(listen_control(control_path), control_path)
+        opened = Opened(listeners, created, pid_file, control)
+        to_journal = resources.log_file is None and under_systemd(environ)
+        running = Running(cleanup, settings, environ, opened, systemd_socket, to_journal)
+        running.supervisor.start()
         if daemon_ready is not None:
             os.write(daemon_ready, b"1")
             os.close(daemon_ready)
-        return serving.supervisor.loop()
+        return running.supervisor.loop()
 
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
     try:
-        export_perl_variables(
-            environ,
-            envdir=args.envdir,
-            enable_auto_restart=args.enable_auto_restart,
-            auto_restart_interval=args.auto_restart_interval,
-            kill_old_delay=args.kill_old_delay,
-        )
-        return Settings(
-            args.command,
-            envdir=environ.get("ENVDIR"),
-            **{name: getattr(args, name) for name in Settings.options()},
-        )
+        export_perl_variables(environ, args)
+        settings = Settings.from_args(args, environ)
+        settings.check()
     except SettingError as err:
         raise UsageError(str(err)) from None
+    return settings
 
 
 class Opened:
     """What a running superdaemon holds open besides its workers, opened by a
     fresh start or handed over by the previous image."""
 
-    __slots__ = ("control", "control_path", "created", "listeners", "pid_file")
+    __slots__ = ("control", "created", "listeners", "pid_file")
 
     def __init__(
         self,
@@ -119,22 +116,21 @@ class Opened:
         created: bool,
         pid_file: PidFile | None,
         control: ControlServer | None,
-        control_path: str | None,
     ) -> None:
-        self.listeners, self.created, self.pid_file = listeners, created, pid_file
-        self.control, self.control_path = control, control_path
+        self.listeners, self.created = listeners, created
+        self.pid_file, self.control = pid_file, control
 
 
-class Serving:
+class Running:
     """What a running superdaemon holds, and its hand-over to a new image.
     It releases the control socket, the status file and the workers left
-    (after an internal error) through ``resources``; the listeners and the
+    (after an internal error) through ``cleanup``; the listeners and the
     pid file are released there by whoever opened them, as soon as they are
     open."""
 
     def __init__(
         self,
-        resources: contextlib.ExitStack,
+        cleanup: contextlib.ExitStack,
         settings: Settings,
         environ: dict[str, str],
         opened: Opened,
@@ -142,22 +138,22 @@ class Serving:
         to_journal: bool,
     ) -> None:
         self.settings, self.environ = settings, environ
-        listeners, control, control_path = opened.listeners, opened.control, opened.control_path
+        listeners, control = opened.listeners, opened.control
         self.listeners, self.created = listeners, opened.created
-        self.pid_file, self.control, self.control_path = opened.pid_file, control, control_path
+        self.pid_file, self.control = opened.pid_file, control
         self.systemd_socket, self.to_journal = systemd_socket, to_journal
-        if control is not None and control_path is not None:
-            resources.callback(remove_socket_path, control_path)
-            resources.callback(control.close)
+        if control is not None:
+            cleanup.callback(remove_socket_path, control.path)
+            cleanup.callback(control.close)
         if settings.status_file is not None:
-            resources.callback(_remove, settings.status_file)
+            cleanup.callback(_remove, settings.status_file)
         self.host = SystemHost(
             [listener.fd for listener in listeners],
             systemd_socket,
             control,
             rank_for_oom=not settings.keep_oom_score,
         )
-        resources.callback(self.host.close)
+        cleanup.callback(self.host.close)
         self.host.catch_signals()
         self.log = EventLog(to_journal=to_journal)
         ports = encode_ports((listener.key, listener.fd) for listener in listeners)
@@ -181,41 +177,23 @@ class Serving:
             return
         self.supervisor.notify_reloading(f"upgrading start_server {__version__} to {new_version}")
         fds = handover.Descriptors()
-        connections = self.control.handover(fds.keep) if self.control else []
-        # handover() lists the live clients in the order of control.connections.
-        live = self.control.connections if self.control else []
-
-        def client_number(waiting: Answer) -> int | None:
-            """A waiting client's place in the hand-over (each is its own answer)."""
-            return next((i for i, client in enumerate(live) if client is waiting), None)
-
-        asked = None if answer is None else client_number(answer)
+        keep = fds.keep
+        # The hand-over names each waiting client by its place in this list.
+        clients = self.control.waiting() if self.control else []
         state: handover.State = {
             "format": handover.HANDOVER_FORMAT,
             "version": __version__,
             "environ": self.environ,
             "systemd_socket": self.systemd_socket,
             "to_journal": self.to_journal,
-            "listeners": [
-                {
-                    "key": listener.key,
-                    "fd": fds.keep(listener.fd),
-                    "name": listener.name,
-                    "created_path": listener.created_path,
-                }
-                for listener in self.listeners
-            ],
+            "listeners": [listener.handover(keep) for listener in self.listeners],
             "created": self.created,
-            "pid_file": None
-            if self.pid_file is None
-            else {"path": self.pid_file.path, "fd": fds.keep(self.pid_file.fileno())},
-            "control": None
-            if self.control is None or self.control_path is None
-            else {"path": self.control_path, "fd": fds.keep(self.control.sock.fileno())},
-            "connections": connections,
-            "workers": self.host.handover(fds.keep),
-            "supervisor": self.supervisor.snapshot(client_number),
-            "upgrade_answers": [] if asked is None else [asked],
+            "pid_file": None if self.pid_file is None else self.pid_file.handover(keep),
+            "control": None if self.control is None else self.control.handover(keep),
+            "connections": [client.handover(keep) for client in clients],
+            "workers": self.host.handover(keep),
+            "supervisor": self.supervisor.snapshot(clients),
+            "upgrade_answers": [i for i, c in enumerate(clients) if c.waits_for == UPGRADE],
         }
         state_fd = handover.write_state(state)
         try:
@@ -243,56 +221,36 @@ def resume(args: argparse.Namespace, state_fd: int) -> int:
     state = handover.read_state(state_fd)
     environ = state["environ"]
     settings = settings_from(args, environ)
-    listeners = [
-        Listener(
-            key=entry["key"],
-            sock=_adopted_socket(entry["fd"], inheritable=True),
-            name=entry["name"],
-            created_path=entry["created_path"],
-        )
-        for entry in state["listeners"]
-    ]
+    listeners = [Listener.adopt(entry) for entry in state["listeners"]]
     created = state["created"]
-    with contextlib.ExitStack() as resources:
+    with contextlib.ExitStack() as cleanup:
         if created:
-            resources.callback(close_all, listeners)
+            cleanup.callback(close_all, listeners)
         pid_file = None
         if state["pid_file"] is not None:
-            pid_file = PidFile.adopt(state["pid_file"]["path"], state["pid_file"]["fd"])
-            resources.callback(pid_file.remove)
-        control = control_path = None
-        if state["control"] is not None:
-            control_path = state["control"]["path"]
-            control = ControlServer(_adopted_socket(state["control"]["fd"], inheritable=False))
-            control.sock.setblocking(False)
-        opened = Opened(listeners, created, pid_file, control, control_path)
-        serving = Serving(
-            resources, settings, environ, opened, state["systemd_socket"], state["to_journal"]
+            pid_file = PidFile.adopt(state["pid_file"])
+            cleanup.callback(pid_file.remove)
+        control = None if state["control"] is None else ControlServer.adopt(state["control"])
+        opened = Opened(listeners, created, pid_file, control)
+        running = Running(
+            cleanup, settings, environ, opened, state["systemd_socket"], state["to_journal"]
         )
-        answers: list[Answer] = list(control.adopt(state["connections"]) if control else [])
-        serving.host.adopt(state["workers"])
-        serving.supervisor.restore(state["supervisor"], answers)
+        clients = control.adopt_connections(state["connections"]) if control else []
+        running.host.adopt(state["workers"])
+        running.supervisor.restore(state["supervisor"], clients)
         old = state["version"]
-        serving.log.event(
+        running.log.event(
             Event.UPGRADE,
             f"start_server upgraded in place from {old} to {__version__} (pid {os.getpid()}); "
-            f"{len(serving.supervisor.generations)} generation(s) kept",
+            f"{len(running.supervisor.generations)} generation(s) kept",
             old_version=old,
             new_version=__version__,
         )
-        serving.supervisor.notify_systemd(f"READY=1\nSTATUS={serving.supervisor.status_text()}")
+        running.supervisor.notify_systemd(f"READY=1\nSTATUS={running.supervisor.status_text()}")
         for index in state["upgrade_answers"]:
-            answers[index](True, f"upgraded in place from {old} to {__version__}")
+            clients[index](True, f"upgraded in place from {old} to {__version__}")
         handover.unblock_signals()
-        return serving.supervisor.loop()
-
-
-def _adopted_socket(fd: int, inheritable: bool) -> socket.socket:
-    """A socket handed over; the listeners stay inheritable (the workers get
-    them), the rest close-on-exec again, as they were."""
-    sock = socket.socket(fileno=fd)
-    sock.set_inheritable(inheritable)
-    return sock
+        return running.supervisor.loop()
 
 
 def _remove(path: str) -> None:
@@ -320,7 +278,7 @@ def _check_command(command: Sequence[str], directory: str | None, path: str | No
 
 def _check_paths(settings: Settings) -> None:
     """What would fail only once a worker runs: fail now, in one line, so a
-    unit with the wrong configuration fails visibly instead of serving.  (At a
+    unit with the wrong configuration fails visibly instead of running.  (At a
     later reload the same faults are warnings: the serving generation stays.)"""
     if settings.envdir is not None and not os.path.isdir(settings.envdir):
         raise StartupError(f"envdir {settings.envdir}: no such directory")
@@ -385,11 +343,11 @@ def _daemonize(keep_stdin: bool) -> int:
     return ready_write
 
 
-def _open_listeners(args: argparse.Namespace) -> tuple[list[Listener], bool]:
+def _open_listeners(resources: Resources) -> tuple[list[Listener], bool]:
     """Adopt systemd's sockets, or bind our own.  Returns the listeners and
     whether we created them (and so close them and remove their paths)."""
-    specs: list[PortSpec | PathSpec] = [parse_port(v) for v in args.port]
-    specs += [parse_path(v) for v in args.path]
+    specs: list[PortSpec | PathSpec] = [parse_port(v) for v in resources.port]
+    specs += [parse_path(v) for v in resources.path]
     inherited = adopt_inherited(os.environ, os.getpid())
     if inherited is not None:
         check_specs_match(inherited, specs)
@@ -402,8 +360,8 @@ def _open_listeners(args: argparse.Namespace) -> tuple[list[Listener], bool]:
             "(LISTEN_FDS): the workers get no listening socket",
             file=sys.stderr,
         )
-    backlog = args.backlog if args.backlog is not None else socket.SOMAXCONN
-    listeners = bind_all(specs, backlog, args.path_mode)
+    backlog = resources.backlog if resources.backlog is not None else socket.SOMAXCONN
+    listeners = bind_all(specs, backlog, resources.path_mode)
     for spec in specs:
         if isinstance(spec, PortSpec) and spec.fd is not None:
             print(f"socket is duplicated to file descriptor {spec.fd}", file=sys.stderr)

@@ -1,16 +1,21 @@
-"""What the superdaemon was told to do: options, environment and envdir,
+"""What start_server was told to do: options, environment and envdir,
 parsed once.
 
-Two kinds of setting:
+Every option is declared once, as an :class:`Option` on the class whose
+value it is; the parser is built from these (cli.py), and each is the
+attribute it sets, which reads the value given, or its default:
 
+- :class:`Resources`: what serve.py opens for the superdaemon's lifetime
+  (``--port``, ``--pid-file``, ...); the client commands find a running
+  one by two of them (``--pid-file``, ``--control-socket``);
 - :class:`Settings`, fixed for the superdaemon's lifetime (``--interval``,
-  ``--signal-on-hup``, ...), each option declared once on it with its
-  default;
+  ``--signal-on-hup``, ...);
 - :class:`Tunables`, Perl's variables ``ENABLE_AUTO_RESTART``,
   ``AUTO_RESTART_INTERVAL`` and ``KILL_OLD_DELAY``.  Their options are
   exported to the workers as those variables (Perl does so; it is the
   contract), and an ``--envdir`` may change them between reloads, so they
-  are read again, with the same parser, whenever they are needed.
+  are read again, with the same parser, whenever they are needed;
+- :class:`Client`: what ``--restart`` and ``--upgrade`` are told.
 """
 
 from __future__ import annotations
@@ -18,16 +23,13 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Mapping, Sequence
 
-# Defaults of what is not a fixed setting (those are declared on Settings).
-DEFAULTS: dict[str, float] = {
-    "restart_timeout": 90.0,
-    "auto_restart_interval": 360.0,
-    "kill_old_delay": 0.0,
-    "kill_old_delay_with_auto_restart": 5.0,  # Perl's default when auto-restart is on
-}
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
+    from argparse import Namespace
+    from typing import Self
+
 DEFAULT_SIGNAL = signal.SIGTERM
-STOP_TIMEOUT = 85.0  # below systemd's default TimeoutStopSec=90s; --stop waits as long
-DEFAULT_PATH_MODE = 0o777  # as Perl's start_server
+KILL_OLD_DELAY_WITH_AUTO_RESTART = 5.0  # Perl's default when auto-restart is on
 
 # The Perl variables, with the options that set them.
 ENABLE_AUTO_RESTART = "ENABLE_AUTO_RESTART"
@@ -82,72 +84,67 @@ def signal_name(number: signal.Signals) -> str:
     return number.name.removeprefix("SIG")
 
 
-class Tunables:
-    """Perl's variables as they stand for the next decision."""
-
-    __slots__ = ("auto_restart", "auto_restart_interval", "kill_old_delay")
-
-    def __init__(self, auto_restart: bool, auto_restart_interval: float, kill_old_delay: float):
-        self.auto_restart = auto_restart
-        self.auto_restart_interval = auto_restart_interval
-        self.kill_old_delay = kill_old_delay
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> Tunables:
-        """Raises SettingError naming the variable that is not a number."""
-        auto_restart = environ.get(ENABLE_AUTO_RESTART, "") not in ("", "0")
-        # Perl: ``$ENV{AUTO_RESTART_INTERVAL} || 360``, so 0 means the default.
-        interval = (
-            _seconds_variable(environ, AUTO_RESTART_INTERVAL) or DEFAULTS["auto_restart_interval"]
-        )
-        delay = _seconds_variable(environ, KILL_OLD_DELAY)
-        if delay is None:
-            delay = DEFAULTS[
-                "kill_old_delay_with_auto_restart" if auto_restart else "kill_old_delay"
-            ]
-        return cls(auto_restart, interval, delay)
-
-
-def _seconds_variable(environ: Mapping[str, str], name: str) -> float | None:
-    text = environ.get(name, "")
-    if text == "":
-        return None
-    try:
-        return parse_seconds(text)
-    except SettingError as err:
-        raise SettingError(f"{name}: {err}") from None
-
-
 class Option:
-    """One option of the fixed settings, declared once: its flag, how its text
-    is read, its default and its help.  The parser is built from these
-    (cli.py), and each is the attribute of :class:`Settings` it sets: a
-    descriptor that reads the value given, or the default."""
+    """One option, declared once: its flag, how its text is read, its
+    default, its help, and the Perl variable that stands in for it, if any.
+    A descriptor: on an instance of the class declaring it, the value
+    given, or the default."""
 
     parse: Callable[[str], object] | None = None  # None: a flag (store_true)
     shown: Callable[[object], str] = str
+    repeatable = False  # each use adds a value (--port, --path)
 
-    def __init__(self, flag: str, help: str, default: object = None, metavar: str = "") -> None:
+    def __init__(
+        self,
+        flag: str,
+        help: str,
+        default: object = None,
+        metavar: str = "",
+        *,
+        variable: str | None = None,
+    ) -> None:
         self.flag, self.help, self.default, self.metavar = flag, help, default, metavar
+        self.variable = variable
         self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def value(self, settings: Settings) -> object:
-        given = settings.given.get(self.name)
+    def value(self, declared: Declared) -> object:
+        given = declared.given.get(self.name)
         return self.default if given is None else given
 
     def help_text(self) -> str:
         return self.help.format(default=self.shown(self.default))
+
+    def exported(self, value: object) -> str:
+        """The value as its Perl variable holds it."""
+        return self.shown(value)
+
+    def read(self, text: str) -> object:
+        """Its Perl variable's text (not empty) as a value."""
+        assert self.parse is not None
+        return self.parse(text)
+
+    def from_variable(self, environ: Mapping[str, str]) -> object:
+        """The value its Perl variable holds (None: unset or empty).  Raises
+        SettingError naming the variable."""
+        assert self.variable is not None
+        text = environ.get(self.variable, "")
+        if text == "":
+            return None
+        try:
+            return self.read(text)
+        except SettingError as err:
+            raise SettingError(f"{self.variable}: {err}") from None
 
 
 class Seconds(Option):
     parse = staticmethod(parse_seconds)
     shown = staticmethod(lambda value: f"{value:g}")
 
-    def __get__(self, settings: Settings, owner: type | None = None) -> float:
-        value = self.value(settings)
+    def __get__(self, declared: Declared, owner: type | None = None) -> float:
+        value = self.value(declared)
         assert isinstance(value, float)
         return value
 
@@ -156,38 +153,131 @@ class SignalOption(Option):
     parse = staticmethod(parse_signal)
     shown = staticmethod(lambda value: signal.Signals(value).name.removeprefix("SIG"))
 
-    def __get__(self, settings: Settings, owner: type | None = None) -> signal.Signals:
-        value = self.value(settings)
+    def __get__(self, declared: Declared, owner: type | None = None) -> signal.Signals:
+        value = self.value(declared)
         assert isinstance(value, signal.Signals)
         return value
 
 
 class Flag(Option):
-    def __get__(self, settings: Settings, owner: type | None = None) -> bool:
-        return bool(self.value(settings))
+    def __get__(self, declared: Declared, owner: type | None = None) -> bool:
+        return bool(self.value(declared))
+
+    def exported(self, value: object) -> str:
+        return "1"
+
+    def read(self, text: str) -> object:
+        return text != "0"  # Perl's truth of a string
 
 
 class Count(Option):
     parse = staticmethod(parse_positive_int)
 
-    def __get__(self, settings: Settings, owner: type | None = None) -> int | None:
-        value = self.value(settings)
+    def __get__(self, declared: Declared, owner: type | None = None) -> int | None:
+        value = self.value(declared)
         assert value is None or isinstance(value, int)
+        return value
+
+
+class Mode(Option):
+    parse = staticmethod(parse_mode)
+    shown = staticmethod(lambda value: f"{value:04o}")
+
+    def __get__(self, declared: Declared, owner: type | None = None) -> int:
+        value = self.value(declared)
+        assert isinstance(value, int)
         return value
 
 
 class Text(Option):
     parse = staticmethod(str)
 
-    def __get__(self, settings: Settings, owner: type | None = None) -> str | None:
-        value = self.value(settings)
+    def __get__(self, declared: Declared, owner: type | None = None) -> str | None:
+        value = self.value(declared)
         assert value is None or isinstance(value, str)
         return value
 
 
-class Settings:
-    """The fixed settings of one superdaemon: each option declared once,
-    here.  (A plain class, not a dataclass: see sockets.PortSpec.)"""
+class Repeated(Option):
+    parse = staticmethod(str)
+    repeatable = True
+
+    def __get__(self, declared: Declared, owner: type | None = None) -> list[str]:
+        value = self.value(declared)
+        assert value is None or isinstance(value, list)
+        return list(value or ())
+
+
+class Declared:
+    """A set of options, each declared once on the class (an :class:`Option`);
+    an instance holds the values given, by attribute name (None: not given).
+    (Plain classes, not dataclasses: see sockets.PortSpec.)"""
+
+    def __init__(self, **given: object) -> None:
+        unknown = set(given) - set(self.options())
+        if unknown:
+            raise TypeError(f"not options of {type(self).__name__}: {sorted(unknown)}")
+        self.given = given
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        return {name: value for name, value in vars(cls).items() if isinstance(value, Option)}
+
+    @classmethod
+    def given_in(
+        cls, args: Namespace, environ: Mapping[str, str] | None = None
+    ) -> dict[str, object]:
+        """The values on the command line; with ``environ``, those with a
+        Perl variable as that holds them (export_perl_variables put the
+        command line's there)."""
+        return {
+            name: option.from_variable(environ)
+            if environ is not None and option.variable is not None
+            else getattr(args, name)
+            for name, option in cls.options().items()
+        }
+
+    @classmethod
+    def from_args(cls, args: Namespace) -> Self:
+        return cls(**cls.given_in(args))
+
+
+class Resources(Declared):
+    """What serve.py opens and holds while the superdaemon runs."""
+
+    port = Repeated(
+        "--port",
+        "TCP port to listen to: PORT (0.0.0.0), HOST:PORT, [V6ADDR]:PORT; "
+        "=FD pins the descriptor; a 'u' before PORT means UDP (repeatable)",
+        metavar="[HOST:]PORT[=FD]",
+    )
+    path = Repeated("--path", "unix socket path to listen to (repeatable)", metavar="PATH")
+    path_mode = Mode(
+        "--path-mode",
+        "permissions of --path sockets (default {default}, as Perl's start_server)",
+        0o777,
+        "MODE",
+    )
+    backlog = Count("--backlog", "listen(2) backlog (default SOMAXCONN)", metavar="N")
+    pid_file = Text(
+        "--pid-file", "write start_server's pid here (locked while it runs)", metavar="FILE"
+    )
+    log_file = Text(
+        "--log-file",
+        "append stdout and stderr to FILE, or pipe them to CMD",
+        metavar="FILE|'| CMD'",
+    )
+    daemonize = Flag("--daemonize", "fork into the background (needs --log-file)")
+    control_socket = Text(
+        "--control-socket",
+        "unix socket for --restart (default $RUNTIME_DIRECTORY/start_server.sock, "
+        "else PIDFILE.sock)",
+        metavar="PATH",
+    )
+
+
+class Settings(Declared):
+    """The fixed settings of one superdaemon."""
 
     interval = Seconds(
         "--interval",
@@ -222,7 +312,7 @@ class Settings:
         "--stop-timeout",
         "SIGKILL a signalled worker still running after this long (default {default}, "
         "under systemd's 90s TimeoutStopSec)",
-        STOP_TIMEOUT,
+        85.0,  # below systemd's default TimeoutStopSec=90s; --stop waits as long
         "SECONDS",
     )
     backoff_max = Seconds(
@@ -250,23 +340,26 @@ class Settings:
         "textfile collector)",
         metavar="FILE",
     )
+    envdir = Text(
+        "--envdir",
+        "directory of environment variables for the workers, re-read before each start",
+        metavar="DIR",
+        variable=ENVDIR,
+    )
 
-    def __init__(
-        self, command: Sequence[str], *, envdir: str | None = None, **given: object
-    ) -> None:
-        """``given``: the options' values by attribute name (None: not given)."""
-        unknown = set(given) - set(self.options())
-        if unknown:
-            raise TypeError(f"not settings: {sorted(unknown)}")
+    def __init__(self, command: Sequence[str] = (), **given: object) -> None:
+        super().__init__(**given)
         self.command = list(command)
-        self.given = given
-        self.envdir = envdir or None
-        if given.get("ready_timeout") is not None and not self.require_notify:
-            raise SettingError("--ready-timeout applies only with --require-notify")
 
     @classmethod
-    def options(cls) -> dict[str, Option]:
-        return {name: value for name, value in vars(cls).items() if isinstance(value, Option)}
+    def from_args(cls, args: Namespace, environ: Mapping[str, str] | None = None) -> Self:
+        """With ``environ``, --envdir as the superdaemon reads it: from ENVDIR."""
+        return cls(args.command, **cls.given_in(args, environ))
+
+    def check(self) -> None:
+        """Refuse what cannot be meant (SettingError)."""
+        if self.given.get("ready_timeout") is not None and not self.require_notify:
+            raise SettingError("--ready-timeout applies only with --require-notify")
 
     @property
     def ready_wait(self) -> float:
@@ -274,23 +367,58 @@ class Settings:
         return self.ready_timeout if self.require_notify else self.interval
 
 
-def export_perl_variables(
-    environ: dict[str, str],
-    *,
-    envdir: str | None,
-    enable_auto_restart: bool,
-    auto_restart_interval: float | None,
-    kill_old_delay: float | None,
-) -> None:
+class Tunables(Declared):
+    """Perl's variables as they stand for the next decision."""
+
+    auto_restart = Flag(
+        "--enable-auto-restart", "restart the worker periodically", variable=ENABLE_AUTO_RESTART
+    )
+    auto_restart_interval = Seconds(
+        "--auto-restart-interval",
+        "period of --enable-auto-restart (default {default})",
+        360.0,
+        "SECONDS",
+        variable=AUTO_RESTART_INTERVAL,
+    )
+    kill_old_delay = Seconds(
+        "--kill-old-delay",
+        "wait this long after a new worker is ready before signalling old ones "
+        f"(default {{default}}, or {KILL_OLD_DELAY_WITH_AUTO_RESTART:g} with auto-restart)",
+        0.0,
+        "SECONDS",
+        variable=KILL_OLD_DELAY,
+    )
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Tunables:
+        """Raises SettingError naming the variable that is not a number."""
+        values = {name: option.from_variable(environ) for name, option in cls.options().items()}
+        # Perl: ``$ENV{AUTO_RESTART_INTERVAL} || 360``, so 0 means the default.
+        values["auto_restart_interval"] = values["auto_restart_interval"] or None
+        if values["kill_old_delay"] is None and values["auto_restart"]:
+            values["kill_old_delay"] = KILL_OLD_DELAY_WITH_AUTO_RESTART
+        return cls(**values)
+
+
+class Client(Declared):
+    """What a request to a running superdaemon (--restart, --upgrade) is
+    told besides where it is (Resources' --pid-file and --control-socket)."""
+
+    restart_timeout = Seconds(
+        "--restart-timeout",
+        "how long --restart waits for the outcome (default {default})",
+        90.0,
+        "SECONDS",
+    )
+
+
+def export_perl_variables(environ: dict[str, str], args: Namespace) -> None:
     """Options win; otherwise Perl's environment variables stand in.  Either
     way the value is exported to the workers, as Perl does.  Raises
     SettingError if the environment holds one that is not a number."""
-    if envdir is not None:
-        environ[ENVDIR] = envdir
-    if enable_auto_restart:
-        environ[ENABLE_AUTO_RESTART] = "1"
-    if kill_old_delay is not None:
-        environ[KILL_OLD_DELAY] = f"{kill_old_delay:g}"
-    if auto_restart_interval is not None:
-        environ[AUTO_RESTART_INTERVAL] = f"{auto_restart_interval:g}"
+    for declared in (Settings, Tunables):
+        for name, option in declared.options().items():
+            value = getattr(args, name)
+            if option.variable is not None and value is not None:
+                environ[option.variable] = option.exported(value)
     Tunables.from_environ(environ)  # refuses a bad value now, not at the first reload

@@ -15,10 +15,23 @@ import re
 import resource
 import socket
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..contract import SD_LISTEN_FDS_START
 from . import holders
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
+    from typing import TypedDict
+
+    class ListenerState(TypedDict):
+        """A listener handed over in an in-place upgrade (see handover.py)."""
+
+        key: str
+        fd: int
+        name: str | None
+        created_path: str | None
+
 
 UNIX_PATH_MAX = 107  # sizeof(sun_path) - 1 for the terminating NUL
 
@@ -97,6 +110,24 @@ class Listener:
     @property
     def fd(self) -> int:
         return self.sock.fileno()
+
+    def handover(self, keep: Callable[[int], int]) -> ListenerState:
+        """Its part of an in-place upgrade's state; ``keep`` registers the
+        descriptor (handover.Descriptors)."""
+        return {
+            "key": self.key,
+            "fd": keep(self.fd),
+            "name": self.name,
+            "created_path": self.created_path,
+        }
+
+    @classmethod
+    def adopt(cls, state: ListenerState) -> Listener:
+        """The listener the previous image of this process held (inheritable
+        still: the workers get it)."""
+        sock = socket.socket(fileno=state["fd"])
+        sock.set_inheritable(True)
+        return cls(state["key"], sock, name=state["name"], created_path=state["created_path"])
 
 
 def parse_port(value: str) -> PortSpec:

@@ -48,7 +48,7 @@ from .spawn import SpawnError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
-    from typing import TypedDict
+    from typing import Literal, TypedDict
 
     from .report import Status
 
@@ -150,7 +150,7 @@ class Host(abc.ABC):
         """Send a signal to a worker not yet reported exited."""
 
     @abc.abstractmethod
-    def serving(self, pid: int) -> None:
+    def rank_as_serving(self, pid: int) -> None:
         """The worker's generation serves now: make it a less likely victim
         of the OOM killer than a starting one (see oom.py)."""
 
@@ -316,7 +316,24 @@ class Generation:
         )
 
 
-Answer = Callable[[bool, str], None]
+# What a client that asked for the in-place upgrade waits for.
+UPGRADE: Literal["upgrade"] = "upgrade"
+
+
+class Answer(abc.ABC):
+    """A client waiting for the outcome of its request (a control
+    connection), answered by one call.  It records what it waits for, a
+    :class:`Reload` or the upgrade: an in-place upgrade's hand-over names it
+    by that."""
+
+    __slots__ = ("waits_for",)
+
+    def __init__(self) -> None:
+        self.waits_for: Reload | Literal["upgrade"] | None = None
+
+    @abc.abstractmethod
+    def __call__(self, ok: bool, message: str) -> None:
+        """Answer, once."""
 
 
 class Reload:
@@ -335,6 +352,10 @@ class Reload:
         self.replaced: Generation | None = None  # serving when `generation` became ready
         self.failure: str | None = None  # why `generation` failed
         self.started_at: float | None = None  # its generation's spawn, when one served
+
+    def enlist(self, answer: Answer) -> None:
+        answer.waits_for = self
+        self.answers.append(answer)
 
     def answer(self, ok: bool, message: str) -> None:
         answers, self.answers = self.answers, []
@@ -508,7 +529,7 @@ class Supervisor:
         if starting is None:
             reload = Reload()
             if answer is not None:
-                reload.answers.append(answer)
+                reload.enlist(answer)
             self._start_generation(reload, is_reload=self._serving() is not None)
             return
         # Coalesce: one more reload once the starting generation settles,
@@ -520,7 +541,7 @@ class Supervisor:
             )
             self.next_reload = Reload()
         if answer is not None:
-            self.next_reload.answers.append(answer)
+            self.next_reload.enlist(answer)
 
     def upgrade(self, answer: Answer | None) -> None:
         """Become the installed version in place (handover.py); workers untouched."""
@@ -534,6 +555,8 @@ class Supervisor:
                 answer(False, refusal)
             return
         assert self.upgrader is not None
+        if answer is not None:
+            answer.waits_for = UPGRADE
         self.upgrader(answer)
 
     def stop(self, received: signal.Signals) -> None:
@@ -593,7 +616,7 @@ class Supervisor:
                 generation=gen.number,
                 pid=gen.pid,
             )
-            self.host.serving(gen.pid)
+            self.host.rank_as_serving(gen.pid)
             self._write_status()
             # systemd hears of the new generation before anyone is answered, so
             # `systemctl reload` never returns ahead of the unit's status.
@@ -1086,21 +1109,18 @@ class Supervisor:
 
     # -- the state, as plain data -----------------------------------------------
 
-    def snapshot(
-        self, answer_id: Callable[[Answer], int | None] = lambda _: None
-    ) -> SupervisorState:
+    def snapshot(self, clients: Sequence[Answer] = ()) -> SupervisorState:
         """The state as plain data (JSON-serialisable): the generations,
-        counters and backoff, and the reloads in flight with their waiting
-        clients, named by ``answer_id`` (None: a client that cannot be
-        handed over, left out)."""
+        counters and backoff, and the reloads in flight with the clients
+        waiting for each, named by their place in ``clients`` (those the
+        hand-over lists; any other is left out)."""
 
         def reload_data(reload: Reload) -> ReloadState:
-            ids = [answer_id(answer) for answer in reload.answers]
             return {
                 "generation": reload.generation.number if reload.generation else None,
                 "replaced": reload.replaced.number if reload.replaced else None,
                 "failure": reload.failure,
-                "answers": [i for i in ids if i is not None],
+                "answers": [i for i, client in enumerate(clients) if client.waits_for is reload],
                 "started_at": reload.started_at,
             }
 
@@ -1116,8 +1136,9 @@ class Supervisor:
             "record": self.record.to_dict(),
         }
 
-    def restore(self, data: SupervisorState, answers: Sequence[Answer] = ()) -> None:
-        """Take over the state ``snapshot()`` wrote; ``answers[i]`` is client i."""
+    def restore(self, data: SupervisorState, clients: Sequence[Answer] = ()) -> None:
+        """Take over the state ``snapshot()`` wrote, ``clients`` in the places
+        it named them by."""
         self.generations = [Generation.from_dict(g) for g in data["generations"]]
         self.generation_count = data["generation_count"]
         self.failures = data["failures"]
@@ -1139,7 +1160,8 @@ class Supervisor:
             reload.generation = numbered(entry["generation"], was_ready=False)
             reload.replaced = numbered(entry["replaced"], was_ready=True)
             reload.failure = entry["failure"]
-            reload.answers = [answers[i] for i in entry["answers"]]
+            for index in entry["answers"]:
+                reload.enlist(clients[index])
             reload.started_at = entry.get("started_at")
             return reload
 

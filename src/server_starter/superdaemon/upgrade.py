@@ -1,5 +1,5 @@
 """``python3 -m server_starter.upgrade``: the in-place upgrade's command
-line (the hand-over itself is handover.py, done by serve.Serving).
+line (the hand-over itself is handover.py, done by serve.Running).
 
 ``--check FORMAT``: the new version's side of the check, run by the running
 one before it execs it: import every module of the superdaemon, and say
