@@ -44,7 +44,13 @@ PACKAGES = (
     # python3-apt its apt module runs on.
     "openssh-server",
     "python3-apt",
+    # Debian's node_exporter, whose textfile collector reads --metrics-file
+    # (not started at boot either: each test gives it a port of its own).
+    "prometheus-node-exporter",
 )
+
+# Installed, but started by the tests that need them only.
+DISABLED = ("ssh.service", "prometheus-node-exporter.service")
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ def rootfs(suite: Suite) -> Path:
         nspawn = ["systemd-nspawn", "-q", "-D", str(building), "--register=no", "--keep-unit"]
         _build_step([*nspawn, "-E", "DEBIAN_FRONTEND=noninteractive", *apt], building)
         _build_step([*nspawn, "apt-get", "clean"], building)
-        _build_step([*nspawn, "systemctl", "disable", "ssh.service"], building)
+        _build_step([*nspawn, "systemctl", "disable", *DISABLED], building)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
