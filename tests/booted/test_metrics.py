@@ -77,6 +77,10 @@ def start_node_exporter(machine: Machine) -> int:
             time.sleep(0.1)
 
 
+# The series' label from --metrics-label=unit=%n (node_exporter sorts labels by name).
+UNIT = 'unit="app.service"'
+
+
 def scrape(port: int) -> dict[str, float]:
     """node_exporter's samples, as Prometheus would scrape them, by series
     (name and labels, as node_exporter prints them)."""
@@ -133,13 +137,15 @@ def test_node_exporter_serves_the_metrics_of_the_serving_generation(
     # The file is rewritten after the event that answered the reload:
     # bounded, until node_exporter reads that generation serving.
     deadline = time.monotonic() + 30
-    while (samples := scrape(port)).get("server_starter_serving_generation") != serving:
+    while (samples := scrape(port)).get(f"server_starter_serving_generation{{{UNIT}}}") != serving:
         assert time.monotonic() < deadline, ours(samples)
         time.sleep(0.1)
-    assert samples['server_starter_reloads_total{outcome="succeeded"}'] == 1, ours(samples)
-    assert samples['server_starter_reloads_total{outcome="failed"}'] == 0
-    assert samples["server_starter_last_reload_successful"] == 1
-    assert samples['server_starter_generations{state="serving"}'] == 1
+    assert samples[f'server_starter_reloads_total{{outcome="succeeded",{UNIT}}}'] == 1, ours(
+        samples
+    )
+    assert samples[f'server_starter_reloads_total{{outcome="failed",{UNIT}}}'] == 0
+    assert samples[f"server_starter_last_reload_successful{{{UNIT}}}"] == 1
+    assert samples[f'server_starter_generations{{state="serving",{UNIT}}}'] == 1
     main_pid = machine.show("app", "MainPID")
     (info,) = [series for series in ours(samples) if series.startswith("server_starter_info{")]
     assert f'pid="{main_pid}"' in info, info

@@ -19,7 +19,7 @@ from server_starter.contract import parse_notify as parse
 from server_starter.superdaemon.environment import read_envdir
 from server_starter.superdaemon.journal import EventLog
 from server_starter.superdaemon.report import metrics_text, status_table
-from server_starter.superdaemon.settings import Settings
+from server_starter.superdaemon.settings import SettingError, Settings, parse_label
 from server_starter.superdaemon.spawn import SpawnError
 from server_starter.superdaemon.supervisor import Answer, Host, State, Supervisor
 
@@ -824,3 +824,27 @@ def test_the_metrics_escape_what_they_quote() -> None:
     status["superdaemon"]["version"] = 'a"b\\c'
     families = {f.name: f for f in text_string_to_metric_families(metrics_text(status))}
     assert families["server_starter_info"].samples[0].labels["version"] == 'a"b\\c'
+
+
+def test_metrics_labels_go_on_every_series() -> None:
+    rig = Rig(metrics_file="m.prom", metrics_labels=["unit=app@one.service", "team=a\\b"])
+    rig.supervisor.start()
+    rig.supervisor.publish()
+    for family in text_string_to_metric_families(rig.host.metrics[-1]):
+        for sample in family.samples:
+            assert sample.labels["unit"] == "app@one.service", sample
+            assert sample.labels["team"] == "a\\b", sample
+
+
+@pytest.mark.parametrize(
+    ("label", "why"),
+    [
+        ("unit", "is not NAME=VALUE"),
+        ("1unit=x", "is not a Prometheus label name"),
+        ("__name__=x", "is not a Prometheus label name"),
+        ("state=x", "one the metrics use themselves"),
+    ],
+)
+def test_a_metrics_label_that_cannot_be_is_refused(label: str, why: str) -> None:
+    with pytest.raises(SettingError, match=why):
+        parse_label(label)

@@ -9,7 +9,8 @@ import re
 from pathlib import Path
 
 UNITS = Path(__file__).resolve().parents[2] / "units"
-METRICS_FILE = "--metrics-file=/run/app/metrics.prom"
+METRICS_PATH = "/run/app/metrics.prom"
+METRICS_FILE = f"--metrics-file={METRICS_PATH} --metrics-label=unit=%n"
 
 
 def values(text: str, key: str, commented: bool = False) -> list[str]:
@@ -26,9 +27,7 @@ def test_the_metrics_drop_in_is_the_units_commented_lines_and_changes_nothing_el
     assert values(dropin, "ExecStart") == ["", f"{program} {METRICS_FILE} {options}"]
     (link,) = values(unit, "ExecStartPost", commented=True)
     assert values(dropin, "ExecStartPost") == [link]
-    assert link.endswith(
-        f" {METRICS_FILE.partition('=')[2]} /var/lib/prometheus/node-exporter/app.prom"
-    )
+    assert link.endswith(f" {METRICS_PATH} /var/lib/prometheus/node-exporter/app.prom")
     (unlink,) = values(unit, "ExecStopPost", commented=True)
     assert values(dropin, "ExecStopPost") == ["", unlink, *values(unit, "ExecStopPost")]
     assert values(dropin, "ExecReload") == values(dropin, "RuntimeDirectory") == []
@@ -43,6 +42,6 @@ def test_the_template_links_each_instance_as_app_service_does() -> None:
             for line in values(unit, key, commented=True)
         ]
         assert values(template, key, commented=True) == expected
-    assert "--metrics-file=/run/app-%i/metrics.prom" in template
+    assert "--metrics-file=/run/app-%i/metrics.prom --metrics-label=unit=%n" in template
     (runtime_directory,) = values(template, "RuntimeDirectory")
     assert runtime_directory == "app-%i"

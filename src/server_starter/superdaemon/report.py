@@ -13,6 +13,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
+    from collections.abc import Sequence
     from typing import Any
 
     Status = dict[str, Any]
@@ -27,16 +28,26 @@ STATES = ("starting", "serving", "retiring", "draining", "stopping", "killed")
 # -- the Prometheus text format -------------------------------------------------
 
 
-def metrics_text(status: Status) -> str:
+def metrics_text(status: Status, labels: Sequence[str] = ()) -> str:
     """The status as Prometheus's text exposition format (version 0.0.4), for
-    node_exporter's textfile collector: HELP and TYPE before each family."""
+    node_exporter's textfile collector: HELP and TYPE before each family.
+    ``labels`` (``NAME=VALUE``, from --metrics-label) go on every series."""
     lines: list[str] = []
+    common = "".join(
+        f'{name}="{_label(value)}",'
+        for name, _, value in (label.partition("=") for label in labels)
+    )
 
     def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
         lines.append(f"# HELP server_starter_{name} {help_text}")
         lines.append(f"# TYPE server_starter_{name} {kind}")
-        for labels, value in samples:
-            lines.append(f"server_starter_{name}{labels} {_number(value)}")
+        for own, value in samples:
+            both = (common + own.strip("{}")).rstrip(",")
+            lines.append(
+                f"server_starter_{name}{{{both}}} {_number(value)}"
+                if both
+                else f"server_starter_{name} {_number(value)}"
+            )
 
     superdaemon = status["superdaemon"]
     family(

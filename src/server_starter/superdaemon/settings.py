@@ -208,6 +208,33 @@ class Repeated(Option):
         return list(value or ())
 
 
+# Label names the metrics use themselves, or Prometheus reserves.
+RESERVED_LABELS = frozenset({"state", "outcome", "reason", "version", "pid"})
+
+
+def parse_label(text: str) -> str:
+    name, equals, _value = text.partition("=")
+    if not equals:
+        raise SettingError(f"{text!r} is not NAME=VALUE")
+    valid = name[:1].isalpha() or name[:1] == "_"
+    valid = valid and all(c.isascii() and (c.isalnum() or c == "_") for c in name)
+    if not valid or name.startswith("__"):
+        raise SettingError(f"{name!r} is not a Prometheus label name")
+    if name in RESERVED_LABELS:
+        raise SettingError(f"label {name!r} is one the metrics use themselves")
+    return text
+
+
+class Labels(Option):
+    parse = staticmethod(parse_label)
+    repeatable = True
+
+    def __get__(self, declared: Declared, owner: type | None = None) -> list[str]:
+        value = self.value(declared)
+        assert value is None or isinstance(value, list)
+        return list(value or ())
+
+
 class Declared:
     """A set of options, each declared once on the class (an :class:`Option`);
     an instance holds the values given, by attribute name (None: not given).
@@ -340,6 +367,12 @@ class Settings(Declared):
         "textfile collector)",
         metavar="FILE",
     )
+    metrics_labels = Labels(
+        "--metrics-label",
+        "add this label to every series of --metrics-file, e.g. unit=%%n in a unit file, so "
+        "that several apps on one host stay apart (repeatable)",
+        metavar="NAME=VALUE",
+    )
     envdir = Text(
         "--envdir",
         "directory of environment variables for the workers, re-read before each start",
@@ -360,6 +393,8 @@ class Settings(Declared):
         """Refuse what cannot be meant (SettingError)."""
         if self.given.get("ready_timeout") is not None and not self.require_notify:
             raise SettingError("--ready-timeout applies only with --require-notify")
+        if self.metrics_labels and self.metrics_file is None:
+            raise SettingError("--metrics-label applies only with --metrics-file")
 
     @property
     def ready_wait(self) -> float:

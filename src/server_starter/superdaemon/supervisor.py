@@ -1085,7 +1085,8 @@ class Supervisor:
         from .report import metrics_text  # only with --metrics-file: it costs memory
 
         try:
-            self.host.write_metrics_file(path, metrics_text(self.status()))
+            text = metrics_text(self.status(), self.settings.metrics_labels)
+            self.host.write_metrics_file(path, text)
         except OSError as err:
             if not self._metrics_failed:
                 self.log.line(f"failed to write metrics file {path}: {err.strerror}", priority=ERR)
