@@ -665,16 +665,16 @@ def test_max_draining_stops_the_oldest_with_signal_on_term() -> None:
         pids.append(rig.pid(number))
     # 1, 2 and 3 were replaced; the third over the cap stops the oldest.
     assert [rig.state(n) for n in (1, 2, 3, 4)] == [
-        State.STOPPING,
+        State.EVICTED,
         State.DRAINING,
         State.DRAINING,
         State.SERVING,
     ]
     usr1 = signal.SIGUSR1
     assert rig.host.signals == [(pids[0], usr1), (pids[1], usr1), (pids[2], usr1), (pids[0], TERM)]
-    assert "more than 2 old generations draining (--max-draining): stopping the oldest" in rig.log
-    stopping = rig.supervisor.status()["generations"][0]
-    assert stopping["state"] == "stopping"
+    assert "more than 2 old generations draining (--max-draining): evicting the oldest" in rig.log
+    evicted = rig.supervisor.status()["generations"][0]
+    assert evicted["state"] == "evicted"
     rig.advance(85.0)  # --stop-timeout
     assert (pids[0], KILL) in rig.host.signals
 
@@ -782,6 +782,7 @@ def test_status_and_metrics_through_a_reload_a_failure_and_a_stop() -> None:
         "died": 0,
         "oom_killed": 0,
         "drained": 1,
+        "evicted": 0,
         "killed": 0,
         "stopped": 0,
     }

@@ -197,7 +197,7 @@ def test_max_draining_stops_the_oldest_generations(tmp_path: Path) -> None:
         daemon.wait_for(r"is ready \(READY=1\)")
         greetings = asyncio.run(clients())
         assert greetings == [f"generation {n}" for n in range(1, reloads + 2)]
-        stopped = daemon.wait_for(r"stopping the oldest", count=reloads - 2)
+        stopped = daemon.wait_for(r"evicting the oldest", count=reloads - 2)
         assert "more than 2 old generations draining (--max-draining)" in stopped.string
         daemon.wait_for(r"^old worker \d+ died", count=reloads - 2)
         _, data, table = status(pid_file)
@@ -205,8 +205,8 @@ def test_max_draining_stops_the_oldest_generations(tmp_path: Path) -> None:
         assert states == ["draining", "draining", "serving"], table
         figures = metrics(metrics_file)
         assert figures['server_starter_generations{state="draining"}'] == 2
-        assert figures['server_starter_generations{state="stopping"}'] == 0
-        assert figures['server_starter_worker_exits_total{reason="drained"}'] == reloads - 2
+        assert figures['server_starter_generations{state="evicted"}'] == 0
+        assert figures['server_starter_worker_exits_total{reason="evicted"}'] == reloads - 2
 
 
 async def _closed(ws: aiohttp.ClientWebSocketResponse) -> bool:

@@ -14,6 +14,7 @@ from .. import __version__
 from ..contract import PortVariableError
 from . import orphans
 from .control import ControlError, control_socket_path, no_superdaemon_for, request, stop
+from .environment import RESUME_VARIABLE
 from .serve import StartupError, UsageError, serve
 from .settings import Client, Option, Resources, SettingError, Settings, Tunables
 from .sockets import SocketError
@@ -40,8 +41,10 @@ then signals the old one so it drains.
 EPILOG = """\
 Environment: ENVDIR, ENABLE_AUTO_RESTART, AUTO_RESTART_INTERVAL and
 KILL_OLD_DELAY stand in for their options when those are not given.
---restart and --stop accept the server's whole command line and use only
-the options that locate it (--pid-file, --control-socket).
+--restart, --upgrade, --status and --stop accept the server's whole
+command line and use the options that locate it (--pid-file,
+--control-socket) and their own (--restart-timeout, --stop-timeout).
+Options are never abbreviated.
 """
 
 
@@ -82,14 +85,16 @@ def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
     return convert
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(allow_abbrev: bool = False) -> argparse.ArgumentParser:
+    """``allow_abbrev``: only to resume a command line an earlier version
+    (which took abbreviations, as Perl's does) accepted."""
     p = _Parser(
         prog=PROG,
         description=DESCRIPTION,
         epilog=EPILOG,
         usage="%(prog)s [options] -- server-prog [server-args...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,  # --status is not --status-file, nor --rest --restart-timeout
+        allow_abbrev=allow_abbrev,  # --status is not --status-file, nor --stat either
     )
     add = p.add_argument
     # The declared options get no default here: None is "not given", and
@@ -126,7 +131,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if "--" in args:
         split = args.index("--")
         args, command = args[:split], args[split + 1 :]
-    namespace = build_parser().parse_args(args)
+    # The new image of an in-place upgrade runs its predecessor's command line.
+    resuming = RESUME_VARIABLE in os.environ
+    namespace = build_parser(allow_abbrev=resuming).parse_args(args)
     if command is not None:
         if namespace.command:
             raise UsageError(f"unexpected argument {namespace.command[0]!r} before '--'")
@@ -141,12 +148,15 @@ def run(argv: Sequence[str]) -> int:
         return 0
     if args.json and not args.status:
         raise UsageError("--json goes with --status")
-    requests = [flag for flag in ("--restart", "--upgrade", "--status") if _given(args, flag)]
+    requests = [
+        flag for flag in ("--restart", "--upgrade", "--status", "--stop") if _given(args, flag)
+    ]
     if len(requests) > 1:
         raise UsageError(f"{' and '.join(requests)} are separate requests: give one")
     located = Resources.from_args(args)
     if args.status:
-        return show_status(_control_path("--status", located), args.json)
+        timeout = args.restart_timeout if args.restart_timeout is not None else STATUS_TIMEOUT
+        return show_status(_control_path("--status", located), args.json, timeout)
     if args.restart or args.upgrade:
         option = "--restart" if args.restart else "--upgrade"
         control_path = _control_path(option, located)
@@ -199,13 +209,13 @@ EX_NOT_SERVING = 3
 STATUS_TIMEOUT = 10.0
 
 
-def show_status(control_path: str, as_json: bool) -> int:
+def show_status(control_path: str, as_json: bool, timeout: float) -> int:
     import json
     import time
 
     from .report import status_table
 
-    message = request(control_path, "status", STATUS_TIMEOUT)
+    message = request(control_path, "status", timeout)
     try:
         status = json.loads(message)
         serving = status["serving_generation"]

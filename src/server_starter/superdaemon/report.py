@@ -18,11 +18,11 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
 
     Status = dict[str, Any]
 
-SUCCEEDED, FAILED, IN_PROGRESS = "succeeded", "failed", "in_progress"
-OUTCOMES = (SUCCEEDED, FAILED)
+IN_PROGRESS, FAILED = "in_progress", "failed"  # a reload's outcomes (and "succeeded")
 
-# Every state a generation can be in, as the status and the metrics name it.
-STATES = ("starting", "serving", "retiring", "draining", "stopping", "killed")
+# Every state a generation can be in, as the status and the metrics name it
+# (supervisor.State's values): each state's gauge is written, 0 included.
+STATES = ("starting", "serving", "retiring", "draining", "evicted", "killed")
 
 
 # -- the Prometheus text format -------------------------------------------------
@@ -81,7 +81,11 @@ def metrics_text(status: Status, labels: Sequence[str] = ()) -> str:
         "reloads_total",
         "counter",
         "Reloads finished, by outcome (each attempt: a retry after a failed start counts too).",
-        [(f'{{outcome="{outcome}"}}', status["reloads"][outcome]) for outcome in OUTCOMES],
+        [
+            (f'{{outcome="{outcome}"}}', count)
+            for outcome, count in status["reloads"].items()
+            if outcome != IN_PROGRESS
+        ],
     )
     last = status["last_reload"]
     finished = status["last_finished_reload"]

@@ -171,7 +171,9 @@ class Running:
 
         self.log.event(Event.UPGRADE, "received upgrade request, checking the installed version")
         try:
-            new_version = handover.check_installed()
+            states = [generation.state.value for generation in self.supervisor.generations]
+            layout = handover.format_for(sys.argv[1:], states)
+            new_version = handover.check_installed(layout)
         except handover.UpgradeError as err:
             self._upgrade_refused(answer, str(err))
             return
@@ -181,7 +183,7 @@ class Running:
         # The hand-over names each waiting client by its place in this list.
         clients = self.control.waiting() if self.control else []
         state: handover.State = {
-            "format": handover.HANDOVER_FORMAT,
+            "format": layout,
             "version": __version__,
             "environ": self.environ,
             "systemd_socket": self.systemd_socket,

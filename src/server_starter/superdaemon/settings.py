@@ -395,6 +395,10 @@ class Settings(Declared):
             raise SettingError("--ready-timeout applies only with --require-notify")
         if self.metrics_labels and self.metrics_file is None:
             raise SettingError("--metrics-label applies only with --metrics-file")
+        names = [label.partition("=")[0] for label in self.metrics_labels]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise SettingError(f"--metrics-label {repeated[0]} is given twice")
 
     @property
     def ready_wait(self) -> float:

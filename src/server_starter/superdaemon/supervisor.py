@@ -5,7 +5,7 @@ the one place where it does:
 
     STARTING --ready--> SERVING --replaced--> RETIRING --kill-old-delay--> DRAINING --exit--> REAPED
         |                 ^                      |   |                          |
-        |                 +--its successor died--+   +--over --max-draining--> STOPPING
+        |                 +--its successor died--+   +--over --max-draining--> EVICTED
         |                    within the delay                                   |
         +--no READY=1 within --ready-timeout--> KILLED <--still running after --stop-timeout
         +--exit before ready--> REAPED (the start failed; the serving one is untouched)
@@ -76,14 +76,14 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
         deadline: float | None
         ready_at: float | None
         streak_at_ready: int
-        since: float  # added in 0.2; absent from 0.1's hand-over
+        since: float  # absent from the first versions' hand-over
 
     class ReloadState(TypedDict):
         generation: int | None
         replaced: int | None
         failure: str | None
         answers: list[int]  # the waiting clients, by their index in the hand-over
-        started_at: float | None  # added in 0.2
+        started_at: float | None  # absent from the first versions' hand-over
 
     class SupervisorState(TypedDict):
         generations: list[GenerationState]
@@ -94,7 +94,7 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
         stopping: bool
         reloads: list[ReloadState]
         next_reload: ReloadState | None
-        record: RecordState  # added in 0.2
+        record: RecordState  # absent from the first versions' hand-over
 
 
 # A worker that exits this soon after its spawn with a failure often could
@@ -177,7 +177,7 @@ class State(enum.Enum):
     SERVING = "serving"  # no deadline
     RETIRING = "retiring"  # replaced; deadline: signal it after --kill-old-delay
     DRAINING = "draining"  # signalled; deadline: SIGKILL after --stop-timeout
-    STOPPING = "stopping"  # over --max-draining, sent --signal-on-term; deadline: as DRAINING
+    EVICTED = "evicted"  # over --max-draining, sent --signal-on-term; deadline: SIGKILL
     KILLED = "killed"  # sent SIGKILL; waits for its exit
     REAPED = "reaped"  # exited; no longer the supervisor's
 
@@ -186,7 +186,16 @@ class State(enum.Enum):
 # count them (the README's "Watching it" says what each means).
 SUCCEEDED, FAILED, IN_PROGRESS = "succeeded", "failed", "in_progress"
 OUTCOMES = (SUCCEEDED, FAILED)
-EXIT_REASONS = ("failed_start", "probation", "died", "oom_killed", "drained", "killed", "stopped")
+EXIT_REASONS = (
+    "failed_start",
+    "probation",
+    "died",
+    "oom_killed",
+    "drained",
+    "evicted",
+    "killed",
+    "stopped",
+)
 
 
 class Record:
@@ -597,6 +606,7 @@ class Supervisor:
         """The one place a generation changes state: its deadline, its log
         line, its signal, the status file and ``STATUS=``."""
         now = self.host.now()
+        was_due = gen.deadline
         was, gen.state, gen.deadline, gen.since = gen.state, state, None, now
         if state is State.STARTING:
             gen.deadline = gen.spawned_at + self.settings.ready_wait
@@ -638,13 +648,15 @@ class Supervisor:
             self.host.signal(gen.pid, sent)
             if not self.stopping:
                 self.notify_systemd(f"STATUS={self.status_text()}")
-        elif state is State.STOPPING:
-            gen.deadline = now + self.settings.stop_timeout
+        elif state is State.EVICTED:
+            # SIGKILL --stop-timeout after this signal, or sooner if its drain's was due.
+            kill_at = now + self.settings.stop_timeout
+            gen.deadline = kill_at if was_due is None else min(kill_at, was_due)
             sent = self.settings.signal_on_term
             self.log.event(
                 Event.DRAIN,
                 f"more than {self.settings.max_draining} old generations draining "
-                f"(--max-draining): stopping the oldest, generation {gen.number}: "
+                f"(--max-draining): evicting the oldest, generation {gen.number}: "
                 f"sending {signal_name(sent)} to worker {gen.pid}",
                 priority=WARNING,
                 generation=gen.number,
@@ -679,7 +691,7 @@ class Supervisor:
             self.log.event(Event.DRAIN, "killing old workers")
             self._enter(gen, State.DRAINING)
             self._settle_reloads()
-        elif gen.state in (State.DRAINING, State.STOPPING):
+        elif gen.state in (State.DRAINING, State.EVICTED):
             self._enter(gen, State.KILLED)
 
     def _start_generation(self, reload: Reload, is_reload: bool) -> None:
@@ -721,9 +733,8 @@ class Supervisor:
 
     def _became_ready(self, gen: Generation, how: str) -> None:
         previous = self._serving()
-        for reload in self.reloads:
-            if reload.generation is gen:
-                reload.replaced = previous
+        for reload in self._reloads_of(gen):
+            reload.replaced = previous
         self._enter(gen, State.SERVING, how)
         if previous is not None or gen.is_reload:
             self.log.event(
@@ -758,9 +769,8 @@ class Supervisor:
         assert gen.ready_at is not None
         lived = self.host.now() - gen.ready_at
         reason = f"died {lived:.1f}s after it was ready, {described}, within --kill-old-delay"
-        for reload in self.reloads:
-            if reload.generation is gen:
-                reload.failure = reason
+        for reload in self._reloads_of(gen):
+            reload.failure = reason
         self.failures += 1
         self.log.event(
             Event.FAILED,
@@ -784,12 +794,12 @@ class Supervisor:
             return
         old = [g for g in self.generations if g.state in (State.RETIRING, State.DRAINING)]
         for gen in old[: max(0, len(old) - limit)]:
-            self._enter(gen, State.STOPPING)
+            self._enter(gen, State.EVICTED)
 
     def _exit_reason(
         self, gen: Generation, was: State, on_probation: Generation | None, oom_killed: bool
     ) -> str:
-        """The reason a worker's exit is counted under (report.EXIT_REASONS)."""
+        """The reason a worker's exit is counted under (EXIT_REASONS)."""
         if oom_killed:
             return "oom_killed"
         if self.stopping:
@@ -800,7 +810,9 @@ class Supervisor:
             return "probation"
         if was is State.KILLED:
             return "killed"
-        if was in (State.DRAINING, State.STOPPING):
+        if was is State.EVICTED:
+            return "evicted"
+        if was is State.DRAINING:
             return "drained"
         return "died"
 
@@ -820,9 +832,8 @@ class Supervisor:
 
     def _start_failed(self, gen: Generation, reason: str) -> None:
         self.failures += 1
-        for reload in self.reloads:
-            if reload.generation is gen:
-                reload.failure = reason
+        for reload in self._reloads_of(gen):
+            reload.failure = reason
         if gen.is_reload:
             self.notify_systemd(
                 f"READY=1\nSTATUS=reload failed: generation {gen.number} {reason}; "
@@ -855,6 +866,9 @@ class Supervisor:
             self.next_reload = None
 
     def _recorded(self, reload: Reload, ok: bool, message: str) -> None:
+        # A reload cut short by a stop is no outcome of the new code.
+        if self.stopping:
+            return
         if reload.started_at is not None and reload.generation is not None:
             self.record.reload_done(
                 reload.generation.number,
@@ -884,16 +898,18 @@ class Supervisor:
             return None  # starting
         if old is None:
             return True, f"generation {gen.number} (pid {gen.pid}) is ready"
-        if old.state in (State.DRAINING, State.STOPPING, State.KILLED):
+        if old.state in (State.DRAINING, State.EVICTED, State.KILLED):
             now_serving = (
                 f"generation {serving.number} is serving"
                 if serving is not None
                 else f"generation {gen.number} served, none serves now"
             )
-            return True, (
-                f"{now_serving}; sent "
-                f"{signal_name(self.settings.signal_on_hup)} to worker {old.pid}"
+            sent = (
+                self.settings.signal_on_term
+                if old.state is State.EVICTED
+                else self.settings.signal_on_hup
             )
+            return True, f"{now_serving}; sent {signal_name(sent)} to worker {old.pid}"
         if old.state is State.REAPED:
             return True, f"old worker {old.pid} exited before its signal"
         return None  # RETIRING: waits for --kill-old-delay
@@ -967,6 +983,10 @@ class Supervisor:
             return Tunables.from_environ({})
 
     # -- what others see ------------------------------------------------------
+
+    def _reloads_of(self, gen: Generation) -> list[Reload]:
+        """The reloads in flight that started ``gen``."""
+        return [reload for reload in self.reloads if reload.generation is gen]
 
     def _generation(self, pid: int) -> Generation | None:
         return next((g for g in self.generations if g.pid == pid), None)
