@@ -10,8 +10,8 @@ import pytest
 
 from server_starter.superdaemon.cli import parse_args
 from server_starter.superdaemon.environment import RESUME_VARIABLE
-from server_starter.superdaemon.handover import READS_FORMATS, format_for
-from server_starter.superdaemon.serve import UsageError
+from server_starter.superdaemon.handover import READS_FORMATS
+from server_starter.superdaemon.serve import UsageError, handover_format
 
 PLAIN = ["--port=8080", "--pid-file=/run/app.pid", "--kill-old-delay=5", "--", "app"]
 
@@ -32,7 +32,7 @@ PLAIN = ["--port=8080", "--pid-file=/run/app.pid", "--kill-old-delay=5", "--", "
 def test_a_hand_over_an_earlier_version_cannot_take_is_format_2(
     argv: list[str], states: list[str], expected: int
 ) -> None:
-    assert format_for(argv, states) == expected
+    assert handover_format(argv, states) == expected
     assert expected in READS_FORMATS
 
 

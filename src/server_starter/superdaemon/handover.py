@@ -69,14 +69,9 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
 
 # The hand-over's layout; a new version that cannot read the running one's
 # refuses the upgrade at the check.  Format 2 is format 1's layout holding
-# what the versions that read only 1 cannot take: a command line with the
-# options added since (they would refuse it after the exec, and die), or a
-# generation evicted by --max-draining.  It is written only then, so that
-# going back to such a version works wherever it can.
+# what the versions that read only 1 cannot take (serve.handover_format).
 HANDOVER_FORMAT = 1
 READS_FORMATS = (1, 2)
-OPTIONS_SINCE_FORMAT_1 = ("--max-draining", "--metrics-file", "--metrics-label")
-STATES_SINCE_FORMAT_1 = ("evicted",)
 CHECK_TIMEOUT = 20.0
 
 
@@ -97,23 +92,14 @@ class Descriptors:
         return fd
 
 
-def format_for(argv: Sequence[str], states: Sequence[str]) -> int:
-    """The format a hand-over of this command line and these generations'
-    states needs."""
-    options = argv[: argv.index("--")] if "--" in argv else argv
-    later = any(
-        arg == option or arg.startswith(option + "=")
-        for arg in options
-        for option in OPTIONS_SINCE_FORMAT_1
-    )
-    return 2 if later or set(states) & set(STATES_SINCE_FORMAT_1) else HANDOVER_FORMAT
-
-
-def check_installed(format: int) -> str:
-    """Run the installed version's check of ``format``; return its version."""
+def check_installed(layout: int = HANDOVER_FORMAT) -> str:
+    """Run the installed version's check of the hand-over format ``layout``;
+    return its version.  (An earlier version's image calls it with no
+    argument: it imports this module from the installed files only when it
+    upgrades.  Keep the names and signatures its serve.py uses.)"""
     import subprocess  # only here: it costs the resident superdaemon ~2 MB
 
-    command = [sys.executable, "-m", "server_starter.upgrade", "--check", str(format)]
+    command = [sys.executable, "-m", "server_starter.upgrade", "--check", str(layout)]
     try:
         result = subprocess.run(
             command,

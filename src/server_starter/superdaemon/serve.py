@@ -166,14 +166,31 @@ class Running:
         """Become the installed version in place (see handover.py): check it,
         then exec it with the whole state.  Returns only when the upgrade did
         not happen (and says why)."""
+        try:
+            self._upgrade(answer)
+        except Exception as err:  # the installed files may be any version's: never die of it
+            self._upgrade_refused(answer, f"the installed version's hand-over failed: {err!r}")
+
+    def _upgrade(self, answer: Answer | None) -> None:
         # Imported only now: its code would cost the resident superdaemon memory.
         from . import handover
 
         self.log.event(Event.UPGRADE, "received upgrade request, checking the installed version")
+        states = [generation.state.value for generation in self.supervisor.generations]
+        layout = handover_format(sys.argv[1:], states)
         try:
-            states = [generation.state.value for generation in self.supervisor.generations]
-            layout = handover.format_for(sys.argv[1:], states)
-            new_version = handover.check_installed(layout)
+            # The module is the installed version's, perhaps an earlier one's,
+            # whose check_installed() takes no format: it checks format 1.
+            new_version = (
+                handover.check_installed(layout) if layout != 1 else handover.check_installed()
+            )
+        except TypeError:  # an earlier version's check_installed(), which reads format 1 only
+            self._upgrade_refused(
+                answer,
+                "the installed version is an earlier one, which cannot take this superdaemon's "
+                "options or evicted generations: restart the service instead",
+            )
+            return
         except handover.UpgradeError as err:
             self._upgrade_refused(answer, str(err))
             return
@@ -213,6 +230,25 @@ class Running:
         self.supervisor.notify_systemd(f"READY=1\nSTATUS={self.supervisor.status_text()}")
         if answer is not None:
             answer(False, reason)
+
+
+# What the versions that read only hand-over format 1 cannot take: the
+# options added since (they would refuse the command line after the exec,
+# and die) and a generation evicted by --max-draining.  A hand-over holding
+# one is format 2, which their check refuses before anything changes.
+OPTIONS_SINCE_FORMAT_1 = ("--max-draining", "--metrics-file", "--metrics-label")
+STATES_SINCE_FORMAT_1 = ("evicted",)
+
+
+def handover_format(argv: Sequence[str], states: Sequence[str]) -> int:
+    """The hand-over format this command line and these generations' states need."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    later = any(
+        arg == option or arg.startswith(option + "=")
+        for arg in options
+        for option in OPTIONS_SINCE_FORMAT_1
+    )
+    return 2 if later or set(states) & set(STATES_SINCE_FORMAT_1) else 1
 
 
 def resume(args: argparse.Namespace, state_fd: int) -> int:
