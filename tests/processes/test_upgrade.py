@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -195,3 +196,71 @@ def test_sigusr2_upgrades_too(tmp_path: Path) -> None:
         assert answering_worker(port) == worker
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
+
+
+# The version before --status and the metrics (hand-over format 1 only, and
+# options taken abbreviated), as users have it installed.
+EARLIER = "5aed8b6"
+
+
+def earlier_source(tmp_path: Path) -> Path:
+    """That version's src/, from this clone's history."""
+    out = tmp_path / "earlier"
+    out.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", EARLIER, "src"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        pytest.skip(f"{EARLIER} is not in this clone's history")
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
+    return out / "src"
+
+
+def test_an_earlier_version_upgrades_to_this_one_and_is_refused_the_way_back(
+    tmp_path: Path,
+) -> None:
+    """``installed`` stands for the package's files, which apt replaces
+    under the running superdaemon: a link to one version's source or the
+    other's.  Each superdaemon runs from it (PYTHONPATH), and the in-place
+    upgrade imports the hand-over's code and runs the check from it."""
+    earlier, installed = earlier_source(tmp_path), tmp_path / "installed"
+    env = worker_env(PYTHONPATH=str(installed))
+
+    def install(source: Path) -> None:
+        installed.unlink(missing_ok=True)
+        installed.symlink_to(source)
+
+    def command(*options: str) -> list[str]:
+        return [sys.executable, "-m", "server_starter.superdaemon.cli", *options]
+
+    port, pid_file = free_port(), tmp_path / "pid"
+    install(earlier)
+    # Abbreviated, as the earlier version (and Perl's) took them.
+    argv = command(f"--port=127.0.0.1:{port}", f"--pid={pid_file}", "--kill-old=0", "--")
+    with running([*argv, *EXAMPLE_APP], env=env) as daemon:
+        daemon.wait_for(r"is ready")
+        install(ROOT / "src")
+        result = run_start_server("--upgrade", f"--pid-file={pid_file}", env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        daemon.wait_for(r"upgraded in place")
+        result = run_start_server("--restart", f"--pid-file={pid_file}", env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert generation_of(port) == 2
+        status = run_start_server("--status", f"--pid-file={pid_file}", env=env)
+        assert status.returncode == 0 and "serving: generation 2" in status.stdout
+
+    port, pid_file = free_port(), tmp_path / "pid2"
+    install(ROOT / "src")
+    metrics = f"--metrics-file={tmp_path / 'metrics.prom'}"
+    argv = command(f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}", metrics, "--")
+    with running([*argv, *EXAMPLE_APP], env=env) as daemon:
+        daemon.wait_for(r"is ready")
+        install(earlier)
+        result = run_start_server("--upgrade", f"--pid-file={pid_file}", env=env, timeout=60)
+        assert result.returncode == 1
+        assert "the installed version is an earlier one" in result.stderr
+        install(ROOT / "src")  # for the clients below
+        daemon.wait_for(r"upgrade refused")
+        status = run_start_server("--status", f"--pid-file={pid_file}", env=env)
+        assert status.returncode == 0 and "serving: generation 1" in status.stdout
+        assert daemon.proc.poll() is None
