@@ -14,6 +14,25 @@ a request body is read and dropped); from the drain on, every reply says
 ``Connection: close`` and ends its connection, so that a proxy keeping
 connections alive to it never has one closed under a request.
 
+Requests are read as RFC 9112 frames them, strictly (``RequestReader``,
+``parse_head``): behind a proxy, a request the two read differently is a
+request smuggled past the proxy.  Whatever cannot be read exactly one way
+is answered ``400`` with ``Connection: close`` and the connection ends,
+nothing after it read: both Content-Length and Transfer-Encoding; a
+Transfer-Encoding whose last coding is not ``chunked`` (``chunked, gzip``,
+``identity``), or chunked twice, or in HTTP/1.0; a Content-Length not all
+digits, or repeated with other digits; a chunk size not all HEXDIG, or
+extensions off RFC 9112 7.1.1's grammar; obs-fold; a field line without
+its colon, with whitespace before it, or with a control character (NUL,
+CR, a lone LF, any but HTAB) in its name or value; a bad request line or
+target; a missing, repeated or bad Host.  Other closing answers: ``501``
+for a coding before the last ``chunked`` (``gzip, chunked``: framed, but
+not decoded here), ``413`` for a body over ``EXAMPLE_APP_MAX_BODY``,
+``431`` for a head over 16 KiB, ``505`` for an HTTP major version other
+than 1.  Accepted as RFC 9110 8.6 allows: a Content-Length repeated with
+the same digits.  A head whose every line ends in a bare LF is read (RFC
+9112 2.2 allows it), never one that mixes bare LFs and CRLFs.
+
 Every response carries ``X-Server-Starter-Generation`` and
 ``X-Worker-Pid`` so a client can see which generation answered.
 
@@ -28,16 +47,20 @@ between reloads):
   1).  The first forks the others, passes the stop signal on to them, and
   stops them all if one dies, so that the superdaemon starts a whole new
   generation.
+- ``EXAMPLE_APP_MAX_BODY``: the largest request body read, in bytes
+  (default 1048576, 1 MiB); a longer one is answered ``413`` and its
+  connection closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import time
-from typing import cast
+from typing import NamedTuple
 
 from . import asyncio_servers, listener
 
@@ -49,64 +72,43 @@ IDLE_TIMEOUT = 5.0
 LINGER_SECONDS = 2.0  # a client reads a last reply and closes within this
 DRAIN_TIMEOUT = 60.0  # below start_server's --stop-timeout, which would SIGKILL us
 SLOW_PAUSE = 0.1
-MAX_HEAD = 16 * 1024  # a longer request head is answered 431
+MAX_HEAD = 16 * 1024  # a longer request head (or trailer section) is answered 431
+MAX_CHUNK_LINE = 4 * 1024  # a chunk-size line with its extensions, at most
+DEFAULT_MAX_BODY = 1024 * 1024
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 PR_SET_PDEATHSIG = 1
 SERVER = f"server-starter-example Python/{sys.version.split()[0]}"
 
 
-class Replies:
-    """What every connection shares: the loop, the bodies and headers
-    computed once, the servers (whose ``draining`` ends keep-alive), and
-    the connections waiting for a request."""
+class AppState:
+    """What every connection shares: the loop, the pages, the reply heads,
+    the servers (whose ``draining`` ends keep-alive), the body limit, and
+    the connections waiting for a request, whose idle timeout one timer
+    sweeps."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, greeting: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, greeting: str, max_body: int) -> None:
         self.loop = loop
         self.servers: asyncio_servers.AsyncioServers | None = None
+        self.max_body = max_body
+        self.heads = ReplyHeads()
+        # By path: the status, the body (before and after /slow's pause), its length.
         self.pages = {
-            "/": (f"{greeting} from a HandleFunc #1!\n".encode(), b""),
-            "/endpoint": (f"{greeting} from a HandleFunc #2!\n".encode(), b""),
-            "/slow": (f"{greeting}, ".encode(), b"Python!\n"),
+            path: ("200 OK", body, rest, len(body) + len(rest))
+            for path, body, rest in (
+                (b"/", f"{greeting} from a HandleFunc #1!\n".encode(), b""),
+                (b"/endpoint", f"{greeting} from a HandleFunc #2!\n".encode(), b""),
+                (b"/slow", f"{greeting}, ".encode(), b"Python!\n"),
+            )
         }
-        self.common = (
-            f"X-Server-Starter-Generation: {listener.generation() or 0}\r\n"
-            f"X-Worker-Pid: {os.getpid()}\r\n"
-            f"Server: {SERVER}\r\n"
-        ).encode()
-        self._date_second = -1
-        self._date = b""
         # Connections waiting for a request (a first one, or the next on a
         # kept-alive connection), oldest first (dicts keep insertion
         # order): one timer sweeps them all, cheaper than a timer each.
         self.waiting: dict[HTTPConnection, float] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
-    @property
-    def draining(self) -> bool:
-        return self.servers is not None and self.servers.draining
-
-    def head(self, version: bytes, status: str, length: int, connection: bytes) -> bytes:
-        now = int(time.time())
-        if now != self._date_second:  # formatting costs more than the rest of a reply
-            # The C locale's day and month names are HTTP's; email.utils
-            # would cost every generation 9 ms more to import.
-            date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
-            self._date_second, self._date = now, date.encode()
-        return (
-            b"%s %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-            b"Date: %s\r\n%s%s\r\n"
-            % (
-                version,
-                status.encode(),
-                length,
-                self._date,
-                connection,
-                self.common,
-            )
-        )
-
     def wait_for_request(self, connection: HTTPConnection) -> None:
-        self.waiting.pop(connection, None)  # to the end: the newest waiter
+        """``connection`` waits from now on, the newest waiter."""
+        self.waiting.pop(connection, None)  # to the end
         self.waiting[connection] = self.loop.time()
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(IDLE_TIMEOUT, self._sweep)
@@ -122,6 +124,48 @@ class Replies:
             connection.close()
 
 
+class ReplyHeads:
+    """Builds every reply but /slow's rest: the headers every reply carries
+    are computed once, the Date once a second, and each reply once a second
+    (formatting costs more than the rest of a reply)."""
+
+    def __init__(self) -> None:
+        self.common = (
+            f"X-Server-Starter-Generation: {listener.generation() or 0}\r\n"
+            f"X-Worker-Pid: {os.getpid()}\r\n"
+            f"Server: {SERVER}\r\n"
+        ).encode()
+        self._date_second = -1
+        self._date = b""
+        self._heads: dict[tuple[bytes, str, int, bytes, bytes], bytes] = {}  # of this second
+
+    def build(
+        self, version: bytes, status: str, length: int, connection: bytes, body: bytes
+    ) -> bytes:
+        """The head, then ``body``."""
+        now = int(time.time())
+        if now != self._date_second:
+            # The C locale's day and month names are HTTP's; email.utils
+            # would cost every generation 9 ms more to import.
+            date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
+            self._date_second, self._date = now, date.encode()
+            self._heads.clear()
+        key = (version, status, length, connection, body)
+        reply = self._heads.get(key)
+        if reply is None:
+            reply = (
+                b"%s %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+                b"Date: %s\r\n%s%s\r\n%s"
+                % (version, status.encode(), length, self._date, connection, self.common, body)
+            )
+            if len(self._heads) < 64:  # the pages' few, not every error's
+                self._heads[key] = reply
+        return reply
+
+
+NOT_FOUND = ("404 Not Found", b"not found\n", b"", 10)
+
+
 class BadRequest(Exception):
     """A request this server cannot read: answered with ``status``, then the
     connection is closed (what follows cannot be framed)."""
@@ -131,68 +175,459 @@ class BadRequest(Exception):
         self.status, self.text = status, text
 
 
-class Request:
-    """A request head, parsed: what the reply needs, and how its body is
-    framed (a length, or chunks)."""
+BAD = "400 Bad Request"
+TOO_LARGE = "413 Content Too Large"
+HEAD_TOO_LARGE = "431 Request Header Fields Too Large"
+HTTP_10, HTTP_11 = b"HTTP/1.0", b"HTTP/1.1"
 
-    __slots__ = ("body_length", "chunked", "head_end", "keep_alive", "method", "path", "version")
+# The grammar's pieces: RFC 9110 5.6.2's tchar (a token's characters); a
+# field value's characters (field-vchar, SP, HTAB: RFC 9110 5.5), which
+# leave out NUL, CR, LF and every other control; RFC 3986's path and query
+# (pchar, "/", "?"), where "%" must start a pct-encoded octet; a
+# quoted-string (RFC 9110 5.6.4).  Every repetition is followed by what it
+# cannot match, so a match is linear in what it looks at.  Possessive
+# quantifiers only on single characters: on groups they are broken before
+# Python 3.11.5 (gh-106052, gh-100061), and Debian 12 has 3.11.2.
+_TCHAR = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"
+_VALUE = rb"[\t\x20-\x7e\x80-\xff]"
+_PCT = rb"%[0-9A-Fa-f]{2}"
+_PATH_CHARS = rb"[-A-Za-z0-9._~!$&'()*+,;=:@/]"
+_QUERY_CHARS = rb"[-A-Za-z0-9._~!$&'()*+,;=:@/?]"
+_PATH = _PATH_CHARS + rb"*+(?:" + _PCT + _PATH_CHARS + rb"*+)*"
+_QUERY = _QUERY_CHARS + rb"*+(?:" + _PCT + _QUERY_CHARS + rb"*+)*"
+_QDTEXT = rb"[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]"
+_QUOTED = rb'"' + _QDTEXT + rb"*+(?:\\[\t\x20-\x7e\x80-\xff]" + _QDTEXT + rb'*+)*"'
+_TOKEN_OR_QUOTED = rb"(?:" + _TCHAR + rb"++|" + _QUOTED + rb")"
+# uri-host (RFC 3986: an IP literal, or a reg-name, which covers IPv4).
+_REG_NAME_CHARS = rb"[-A-Za-z0-9._~!$&'()*+,;=]"
+_URI_HOST = (
+    rb"(\[[-0-9A-Za-z._~!$&'()*+,;=:]++\]|"
+    + _REG_NAME_CHARS
+    + rb"*+(?:"
+    + _PCT
+    + _REG_NAME_CHARS
+    + rb"*+)*)"
+)
 
-    def __init__(self, head: bytes, head_end: int) -> None:
-        lines = head.split(b"\n")
-        request_line = lines[0].split()
-        if len(request_line) != 3 or request_line[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
-            raise BadRequest("400 Bad Request", b"bad request line\n")
-        self.method, target, self.version = request_line
-        self.path = target.decode("latin-1").split("?", 1)[0]
-        self.head_end = head_end
-        self.body_length = 0
-        self.chunked = False
-        connection = b""
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon:
-                continue
-            name = name.strip().lower()
-            if name == b"content-length":
-                value = value.strip()
-                if not value.isdigit():
-                    raise BadRequest("400 Bad Request", b"bad Content-Length\n")
-                self.body_length = int(value)
-            elif name == b"transfer-encoding":
-                if value.strip().lower() != b"chunked":
-                    raise BadRequest("501 Not Implemented", b"only chunked is understood\n")
-                self.chunked = True
-            elif name == b"connection":
-                connection = value.strip().lower()
-        if self.version == b"HTTP/1.1":
-            self.keep_alive = b"close" not in connection
+
+def _head(eol: bytes) -> re.Pattern[bytes]:
+    """A whole request head, every line ending in ``eol``: the request line
+    (the path of an origin-form target without "%" in group 2, any other
+    target in group 3, the version in 4), the field lines (5), the empty
+    line."""
+    return re.compile(
+        rb"("
+        + _TCHAR
+        + rb"++) (?:(/"
+        + _PATH_CHARS
+        + rb"*+)(?:\?"
+        + _QUERY_CHARS
+        + rb"*+)?|([\x21-\x7e]++)) (HTTP/[0-9]\.[0-9])"
+        + eol
+        + rb"((?:"
+        + _TCHAR
+        + rb"++:"
+        + _VALUE
+        + rb"*+"
+        + eol
+        + rb")*)"
+        + eol
+    )
+
+
+_HEAD_CRLF = _head(b"\r\n")
+# RFC 9112 2.2 lets a recipient take a bare LF for CRLF: a head is read
+# when every one of its lines ends so (old clients, people typing), never
+# when it mixes the two, which a proxy may read differently.
+_HEAD_LF = _head(b"\n")
+_HEAD_END = re.compile(rb"\n\r?\n")  # a bare-LF head's end, or where a CRLF one goes wrong
+_REQUEST_LINE = re.compile(rb"[^ ]++ [^ ]++ HTTP/[0-9]\.[0-9]\r?\n")
+_TRAILER_LINE = re.compile(_TCHAR + rb"++:" + _VALUE + rb"*+\r\n")
+# RFC 9112 7.1: chunk-size (HEXDIG only: no sign, "0x", "_" or space),
+# chunk extensions (7.1.1), CRLF.
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]++)(?:[ \t]*+;[ \t]*+"
+    + _TCHAR
+    + rb"++(?:[ \t]*+=[ \t]*+"
+    + _TOKEN_OR_QUOTED
+    + rb")?)*\r\n"
+)
+# transfer-coding (RFC 9112 7): its name, then any parameters.
+_CODING = re.compile(
+    rb"("
+    + _TCHAR
+    + rb"++)((?:[ \t]*+;[ \t]*+"
+    + _TCHAR
+    + rb"++[ \t]*+=[ \t]*+"
+    + _TOKEN_OR_QUOTED
+    + rb")*)"
+)
+_ORIGIN_FORM = re.compile(rb"(/" + _PATH + rb")(?:\?" + _QUERY + rb")?")
+_HOST = re.compile(_URI_HOST + rb"(?::[0-9]*+)?")
+_AUTHORITY_FORM = re.compile(_URI_HOST + rb":[0-9]*+")
+# absolute-URI without userinfo, which RFC 9110 4.2.4 has http(s) treat as
+# an error: "//" authority path-abempty (its path in group 3), or any path.
+_ABSOLUTE_FORM = re.compile(
+    rb"([A-Za-z][-A-Za-z0-9+.]*+):(?://"
+    + _URI_HOST
+    + rb"(?::[0-9]*+)?(/"
+    + _PATH
+    + rb")?|(?!//)"
+    + _PATH
+    + rb")(?:\?"
+    + _QUERY
+    + rb")?"
+)
+
+
+class Request(NamedTuple):
+    """A request head, read: what the reply needs, and how its body is
+    framed (a length, or chunks).  A tuple: the cheapest object to make."""
+
+    method: bytes
+    path: bytes
+    version: bytes
+    keep_alive: bool
+    body_length: int
+    chunked: bool
+    expect_continue: bool
+
+
+_new_request = tuple.__new__  # a NamedTuple's own constructor is a Python function
+
+
+def parse_head(head: bytes, max_body: int) -> Request:
+    """``head`` (from the request line to the empty line after the fields)
+    read as RFC 9112 says, or BadRequest."""
+    match = _HEAD_CRLF.fullmatch(head) or _HEAD_LF.fullmatch(head)
+    if match is None:
+        if _REQUEST_LINE.match(head) is None:
+            raise BadRequest(BAD, b"bad request line\n")
+        raise BadRequest(BAD, b"bad field line\n")
+    method, path, target, version, fields = match.groups()
+    if version != HTTP_11 and version != HTTP_10:
+        if version[5] != 49:  # "1"
+            raise BadRequest("505 HTTP Version Not Supported", b"HTTP/1.x only\n")
+        version = HTTP_11  # 1.2 and on are read as 1.1
+    if path is None:
+        path = _other_target(method, target)
+    elif method == b"CONNECT":
+        raise BadRequest(BAD, b"bad request target\n")
+    # The field lines are valid (a CR only ever before an LF, so splitlines
+    # splits them as they end), their names lowered here: they are
+    # case-insensitive, and so are the values looked at.
+    host = None
+    hosts = 0
+    framing = None
+    connection = expect = length_text = b""
+    for line in fields.lower().splitlines():
+        if line[0] not in _NAMES_LOOKED_AT:
+            continue  # cheaper than partitioning every line
+        name, _, value = line.partition(b":")
+        if name == b"host":
+            host = value
+            hosts += 1
+        elif name == b"connection":
+            connection += b"," + value
+        elif name == b"content-length" or name == b"transfer-encoding":
+            if framing is None:
+                framing = [line]
+                length_text = value if name == b"content-length" else b""
+            else:
+                framing.append(line)
+        elif name == b"expect":
+            expect += b"," + value
+    if host is None or hosts > 1:
+        if hosts or version == HTTP_11:
+            raise BadRequest(BAD, b"an HTTP/1.1 request needs one Host\n")
+    elif host not in _valid_hosts:
+        if _HOST.fullmatch(host.strip(b" \t")) is None:
+            raise BadRequest(BAD, b"bad Host\n")
+        if len(_valid_hosts) >= 64:  # the few names a server is reached by, not every one sent
+            _valid_hosts.clear()
+        _valid_hosts.add(host)
+    length = 0
+    chunked = False
+    if framing is not None:
+        digits = length_text.strip(b" \t")
+        if len(framing) == 1 and digits.isdigit() and len(digits) <= 18:
+            length = int(digits)
+            if length > max_body:
+                raise BadRequest(TOO_LARGE, b"body too large\n")
         else:
-            self.keep_alive = b"keep-alive" in connection
+            length, chunked = _framing(framing, version, max_body)
+    keep_alive = version == HTTP_11
+    if connection:
+        options = [option.strip(b" \t") for option in connection.split(b",")]
+        keep_alive = b"close" not in options and (keep_alive or b"keep-alive" in options)
+    expect_continue = False
+    if expect and version == HTTP_11 and (length or chunked):
+        # RFC 9110 10.1.1 (an HTTP/1.0 request's expectation is ignored).
+        expect_continue = b"100-continue" in [m.strip(b" \t") for m in expect.split(b",")]
+    return _new_request(
+        Request, (method, path, version, keep_alive, length, chunked, expect_continue)
+    )
 
-    def end(self, buffer: bytes) -> int:
-        """Where the request ends in ``buffer`` (which starts with its
-        head), or -1 while its body is still on its way."""
-        if not self.chunked:
-            end = self.head_end + self.body_length
-            return end if len(buffer) >= end else -1
-        position = self.head_end
-        while True:
-            line_end = buffer.find(b"\r\n", position)
-            if line_end < 0:
-                return -1
-            size_text = buffer[position:line_end].split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise BadRequest("400 Bad Request", b"bad chunk size\n") from None
-            if size == 0:  # the last chunk: an empty line after any trailers
-                if buffer.startswith(b"\r\n", line_end + 2):
-                    return line_end + 4
-                trailers_end = buffer.find(b"\r\n\r\n", line_end + 2)
-                return trailers_end + 4 if trailers_end >= 0 else -1
-            position = line_end + 2 + size + 2
-            if len(buffer) < position:
-                return -1
+
+# Host values found valid, as they came: most requests repeat one.
+_valid_hosts: set[bytes] = set()
+# The first letters of the fields parse_head looks at, lowered.
+_NAMES_LOOKED_AT = frozenset(b"hcte")
+
+
+def _framing(lines: list[bytes], version: bytes, max_body: int) -> tuple[int, bool]:
+    """The body's length and whether it is chunked, from the head's
+    Content-Length and Transfer-Encoding field lines (lowered), or
+    BadRequest (RFC 9112 6)."""
+    lengths: set[bytes] = set()
+    codings: list[bytes] = []
+    for line in lines:
+        name, _, value = line.partition(b":")
+        if name == b"content-length":
+            lengths.update(element.strip(b" \t") for element in value.split(b","))
+        else:
+            codings.append(value)
+    if codings:
+        # RFC 9112 6.1 and 6.3: neither is safe to pick when both are there,
+        # nor chunked in HTTP/1.0, nor anything but a last chunked.
+        if lengths:
+            raise BadRequest(BAD, b"both Content-Length and Transfer-Encoding\n")
+        if version == HTTP_10:
+            raise BadRequest(BAD, b"Transfer-Encoding in HTTP/1.0\n")
+        _check_codings(codings)
+        return 0, True
+    # RFC 9110 8.6: the same digits repeated (as lines, or as a list: a
+    # proxy's combining) are that length; anything else is an error.
+    if len(lengths) != 1 or not (digits := lengths.pop()).isdigit():
+        raise BadRequest(BAD, b"bad Content-Length\n")
+    digits = digits.lstrip(b"0")
+    # int() refuses thousands of digits: more than 18 are too large anyway.
+    if len(digits) > 18 or int(digits or b"0") > max_body:
+        raise BadRequest(TOO_LARGE, b"body too large\n")
+    return int(digits or b"0"), False
+
+
+def _elements(values: list[bytes]) -> list[bytes]:
+    """A list field's elements (RFC 9110 5.6.1), empty ones left out."""
+    return [e for value in values for e in (e.strip(b" \t") for e in value.split(b",")) if e]
+
+
+def _other_target(method: bytes, target: bytes) -> bytes:
+    """The path to route a target by when it is not a plain origin-form
+    (RFC 9112 3.2), or BadRequest: a path with pct-encoded octets, CONNECT's
+    host:port, OPTIONS's ``*``, or an absolute URI (a server must accept it,
+    and routes an http(s) one by its path)."""
+    if method == b"CONNECT":
+        if _AUTHORITY_FORM.fullmatch(target) is not None:
+            return target
+    elif target.startswith(b"/"):
+        match = _ORIGIN_FORM.fullmatch(target)
+        if match is not None:
+            return match[1]
+    elif target == b"*":
+        if method == b"OPTIONS":
+            return target
+    else:
+        match = _ABSOLUTE_FORM.fullmatch(target)
+        if match is not None:
+            scheme, host, path = match.groups()
+            if scheme.lower() not in (b"http", b"https"):
+                return target
+            if host:  # RFC 9110 4.2.1: an http(s) URI's host is never empty
+                return path or b"/"
+    raise BadRequest(BAD, b"bad request target\n")
+
+
+def _check_codings(values: list[bytes]) -> None:
+    """Transfer-Encoding's codings (RFC 9112 6.1, 7), or BadRequest unless
+    ``chunked`` is the last and only there.  Only ``chunked`` is decoded:
+    another before it is 501 (Not Implemented)."""
+    codings = []
+    for element in _elements(values):
+        match = _CODING.fullmatch(element)
+        if match is None:
+            raise BadRequest(BAD, b"bad Transfer-Encoding\n")
+        name, parameters = match.groups()
+        codings.append(b"" if parameters else name)  # chunked takes no parameter
+    if not codings or codings[-1] != b"chunked" or b"chunked" in codings[:-1]:
+        raise BadRequest(BAD, b"chunked must be the last transfer coding, once\n")
+    if len(codings) > 1:
+        raise BadRequest("501 Not Implemented", b"only chunked is understood\n")
+
+
+# What RequestReader waits for.
+_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS = range(6)
+
+
+class RequestReader:
+    """One connection's requests, read from its bytes as they arrive
+    (``feed``); ``next_request`` hands each out once its body has been read
+    (and dropped).  Linear in what arrives: a body is skipped as it comes,
+    never kept; a search for a line's end resumes where the last one
+    stopped; and what waits for more is never more than a head, a
+    chunk-size line or a trailer section (each bounded), the most a feed
+    copies.  So many small chunks cost what one big one does.  ``scanned``
+    counts the bytes searched and matched (a body's are skipped, not looked
+    at), for the tests to hold that to."""
+
+    __slots__ = (
+        "_body",
+        "_buffer",
+        "_pos",
+        "_remaining",
+        "_request",
+        "_scan",
+        "_state",
+        "_trailers",
+        "continue_pending",
+        "max_body",
+        "scanned",
+        "unread",
+    )
+
+    # Set when a body comes: most requests have none.
+    _request: Request | None  # whose body is being read
+    _remaining: int  # of the body, or of the chunk
+    _body: int  # the chunks' sizes so far
+    _trailers: int  # the trailer section's length so far
+
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
+        self._buffer = b""  # what arrived, unread from _pos on
+        self._pos = 0
+        self._scan = 0  # where the search for a line's end resumes
+        self._state = _HEAD
+        self.continue_pending = False  # a head said Expect: 100-continue, its body is awaited
+        self.unread = False  # bytes are there that next_request has not read
+        self.scanned = 0
+
+    def feed(self, data: bytes) -> None:
+        self.unread = True
+        if self._pos == len(self._buffer):  # most often: all read, nothing to copy
+            self._buffer, self._pos, self._scan = data, 0, 0
+        else:
+            self._buffer = self._buffer[self._pos :] + data
+            self._scan -= self._pos
+            self._pos = 0
+
+    def next_request(self) -> Request | None:
+        """The next request, its body read; None until more arrives; or
+        BadRequest, after which nothing more can be read."""
+        buffer, pos = self._buffer, self._pos
+        size = len(buffer)
+        if pos == size:
+            self.unread = False
+            return None  # the next feed replaces the buffer
+        state = self._state
+        while pos < size:
+            if state == _HEAD:
+                if buffer[pos] == 13:  # RFC 9112 2.2: empty lines before a request line are ignored
+                    while buffer.startswith(b"\r\n", pos):
+                        pos += 2
+                start = self._scan if self._scan > pos else pos
+                end = buffer.find(b"\r\n\r\n", start) + 4
+                if end < 4:
+                    early = _HEAD_END.search(buffer, start)
+                    if early is None:
+                        self.scanned += 2 * (size - start)
+                        if size - pos > MAX_HEAD:
+                            raise BadRequest(HEAD_TOO_LARGE, b"head too large\n")
+                        self._scan = size - 3  # the end may straddle what comes next
+                        break
+                    end = early.end()
+                self.scanned += end - start + end - pos
+                if end - pos > MAX_HEAD:
+                    raise BadRequest(HEAD_TOO_LARGE, b"head too large\n")
+                try:
+                    request = parse_head(buffer[pos:end], self.max_body)
+                except BadRequest:
+                    # Unless a bare-LF head ends earlier, which is read alone.
+                    early = _HEAD_END.search(buffer, pos, end - 1)
+                    if early is None:
+                        raise
+                    end = early.end()
+                    request = parse_head(buffer[pos:end], self.max_body)
+                pos = end
+                if request.body_length:
+                    end += request.body_length
+                    if end <= size:  # the body came with its head: read at once
+                        self._pos = end
+                        self.unread = end < size
+                        return request
+                    state, self._remaining = _BODY, request.body_length
+                elif request.chunked:
+                    state, self._body = _CHUNK_SIZE, 0
+                else:
+                    self._pos = pos
+                    self.unread = pos < size
+                    return request
+                self._request = request
+                self.continue_pending = request.expect_continue
+            elif state in (_BODY, _CHUNK_DATA):
+                if size - pos < self._remaining:
+                    self._remaining -= size - pos
+                    pos = size
+                    break
+                pos += self._remaining
+                if state == _BODY:
+                    return self._read(pos, size)
+                state = _CHUNK_END
+            elif state == _CHUNK_END:
+                if not buffer.startswith(b"\r\n"[: size - pos], pos):
+                    raise BadRequest(BAD, b"chunk data not followed by CRLF\n")
+                if size - pos < 2:
+                    break
+                pos += 2
+                state = _CHUNK_SIZE
+            else:  # a chunk-size line, or a trailer field line
+                start = max(self._scan, pos)
+                end = buffer.find(b"\n", start) + 1
+                if not end:
+                    self.scanned += size - start
+                    if state == _CHUNK_SIZE and size - pos > MAX_CHUNK_LINE:
+                        raise BadRequest(BAD, b"chunk-size line too long\n")
+                    if state == _TRAILERS and self._trailers + size - pos > MAX_HEAD:
+                        raise BadRequest(HEAD_TOO_LARGE, b"trailers too large\n")
+                    self._scan = size
+                    break
+                self.scanned += end - start + end - pos
+                if state == _CHUNK_SIZE:
+                    match = _CHUNK_LINE.fullmatch(buffer, pos, end)
+                    if match is None or end - pos > MAX_CHUNK_LINE:
+                        raise BadRequest(BAD, b"bad chunk-size line\n")
+                    digits = match[1].lstrip(b"0")
+                    pos = end
+                    if not digits:  # the last chunk; then the trailer section
+                        state, self._trailers = _TRAILERS, 0
+                        continue
+                    if len(digits) > 15 or self._body + int(digits, 16) > self.max_body:
+                        raise BadRequest(TOO_LARGE, b"body too large\n")
+                    self._remaining = int(digits, 16)
+                    self._body += self._remaining
+                    state = _CHUNK_DATA
+                elif end - pos == 2 and buffer[pos] == 13:  # CRLF: the end of the request
+                    return self._read(end, size)
+                else:
+                    # Trailer fields are dropped, but read as strictly as
+                    # the head's (RFC 9112 7.1.2).
+                    self._trailers += end - pos
+                    if self._trailers > MAX_HEAD:
+                        raise BadRequest(HEAD_TOO_LARGE, b"trailers too large\n")
+                    if _TRAILER_LINE.fullmatch(buffer, pos, end) is None:
+                        raise BadRequest(BAD, b"bad trailer field line\n")
+                    pos = end
+        # Waiting for more (the next feed drops what has been read).
+        self._state = state
+        self._pos = pos
+        self.unread = pos < size
+        return None
+
+    def _read(self, end: int, size: int) -> Request | None:
+        request, self._request = self._request, None
+        self._pos, self._state = end, _HEAD
+        self.continue_pending = False
+        self.unread = end < size
+        return request
 
 
 class HTTPConnection(asyncio.Protocol):
@@ -203,87 +638,68 @@ class HTTPConnection(asyncio.Protocol):
     next reply says ``Connection: close`` and ends it."""
 
     __slots__ = (
-        "buffer",
+        "app",
         "closing",
         "eof",
-        "replies",
+        "reader",
         "replying",
-        "request",
         "timer",
         "transport",
     )
 
-    def __init__(self, replies: Replies) -> None:
-        self.replies = replies
+    def __init__(self, app: AppState) -> None:
+        self.app = app
         self.transport: asyncio.Transport | None = None
-        self.buffer = b""
-        self.request: Request | None = None  # the head read, its body still coming
+        self.reader = RequestReader(app.max_body)
         self.replying = False  # /slow's pause: what arrives waits for the reply to end
         self.closing = False  # the last reply is written
         self.eof = False  # the client has closed its side
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.replies.wait_for_request(self)
+        # uvloop's are not subclasses; no cast(), a call per connection.
+        self.transport = transport  # type: ignore[assignment]
+        self.app.wait_for_request(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # lingering after the last reply: dropped unread
-        self.buffer = self.buffer + data if self.buffer else data
+        self.reader.feed(data)
         if not self.replying:
             self.next_requests()
 
     def next_requests(self) -> None:
-        """Answer every complete request in the buffer, in order."""
-        while self.buffer and not self.replying and not self.closing and not self.eof:
+        """Answer every complete request that has arrived, in order."""
+        reader = self.reader
+        while reader.unread and not self.replying and not self.closing and not self.eof:
             try:
-                end = self.read_request()
+                request = reader.next_request()
             except BadRequest as bad:
-                self.request = None
-                self.reply(
-                    b"HTTP/1.1", bad.status, bad.text, b"", len(bad.text), False, linger=True
-                )
+                # Nothing after it can be framed: the connection ends here.
+                self.reply(HTTP_11, bad.status, bad.text, b"", len(bad.text), False, linger=True)
                 return
-            if end < 0:
+            if request is None:
+                if reader.continue_pending:  # RFC 9110 10.1.1: ask for the body
+                    reader.continue_pending = False
+                    assert self.transport is not None
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 return
-            request, self.request = self.request, None
-            assert request is not None
-            self.buffer = self.buffer[end:]
-            page = self.replies.pages.get(request.path)
+            status, body, rest, length = self.app.pages.get(request.path, NOT_FOUND)
             # From the drain on, each reply ends its connection, at a moment
             # the client knows of (see asyncio_servers).
-            keep_alive = request.keep_alive and not self.replies.draining
-            body, rest = page if page is not None else (b"not found\n", b"")
-            length = len(body) + len(rest)
+            servers = self.app.servers
+            keep_alive = request.keep_alive and not (servers is not None and servers.draining)
             if request.method == b"HEAD":
                 body, rest = b"", b""  # the head says the length of what a GET gets
             self.reply(
                 request.version,
-                "200 OK" if page is not None else "404 Not Found",
+                status,
                 body,
                 rest,
                 length,
                 keep_alive,
-                linger=request.keep_alive and not keep_alive,
+                request.keep_alive and not keep_alive,
             )
-
-    def read_request(self) -> int:
-        """Where the first request in the buffer ends, or -1 if it is not
-        complete yet."""
-        buffer = self.buffer
-        if self.request is None:
-            end = buffer.find(b"\r\n\r\n")
-            head_end = end + 4
-            if end < 0:
-                end = buffer.find(b"\n\n")
-                head_end = end + 2
-            if end < 0:
-                if len(buffer) > MAX_HEAD:
-                    raise BadRequest("431 Request Header Fields Too Large", b"head too large\n")
-                return -1
-            self.request = Request(buffer[:end], head_end)
-        return self.request.end(buffer)
 
     def reply(
         self,
@@ -299,17 +715,17 @@ class HTTPConnection(asyncio.Protocol):
         next request or close; ``linger`` when the client did not ask for
         the close, so that what it still sends meets no reset."""
         assert self.transport is not None
-        self.replies.waiting.pop(self, None)
         if keep_alive:
             connection = b"Connection: keep-alive\r\n" if version == b"HTTP/1.0" else b""
         else:
             connection = b"Connection: close\r\n"
-        self.transport.write(self.replies.head(version, status, length, connection) + body)
+        self.transport.write(self.app.heads.build(version, status, length, connection, body))
         if rest:
+            self.app.waiting.pop(self, None)  # not idle meanwhile
             self.replying = True
-            self.timer = self.replies.loop.call_later(
-                SLOW_PAUSE, self.finish, rest, keep_alive, linger
-            )
+            self.timer = self.app.loop.call_later(SLOW_PAUSE, self.finish, rest, keep_alive, linger)
+        elif keep_alive:  # done()'s most common case, without a call
+            self.app.wait_for_request(self)
         else:
             self.done(keep_alive, linger)
 
@@ -324,14 +740,15 @@ class HTTPConnection(asyncio.Protocol):
     def done(self, keep_alive: bool, linger: bool) -> None:
         assert self.transport is not None
         if keep_alive:
-            self.replies.wait_for_request(self)  # also for a pipelined request still coming
+            self.app.wait_for_request(self)  # also for a pipelined request still coming
             return
         self.closing = True
         if linger and not self.eof and self.transport.can_write_eof():
             # FIN first; what still comes is dropped; closed when the client
-            # closes too, or after LINGER_SECONDS.
+            # closes too, or after LINGER_SECONDS (not by the idle sweep).
+            self.app.waiting.pop(self, None)
             self.transport.write_eof()
-            self.timer = self.replies.loop.call_later(LINGER_SECONDS, self.transport.close)
+            self.timer = self.app.loop.call_later(LINGER_SECONDS, self.transport.close)
         else:
             self.transport.close()
 
@@ -347,24 +764,25 @@ class HTTPConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A client hanging up mid-reply is not an error worth a traceback.
-        self.replies.waiting.pop(self, None)
+        self.app.waiting.pop(self, None)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
 
-async def serve(children: list[int]) -> int:
-    """One process answering on the sockets.  The first one (``children``
-    names the others) tells the superdaemon when it is ready, passes the stop
-    signal on and reports the generation's outcome."""
+async def serve(children: list[int], body_limit: int) -> int:
+    """One process answering on the sockets, reading bodies up to
+    ``body_limit`` bytes.  The first one (``children`` names the others)
+    tells the superdaemon when it is ready, passes the stop signal on and
+    reports the generation's outcome."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a stop during boot arrives now
-    replies = Replies(loop, os.environ.get("EXAMPLE_APP_MESSAGE", "Hello"))
-    servers = await listener.start_asyncio_protocol_servers(lambda: HTTPConnection(replies))
-    replies.servers = servers
+    app = AppState(loop, os.environ.get("EXAMPLE_APP_MESSAGE", "Hello"), body_limit)
+    servers = await listener.start_asyncio_protocol_servers(lambda: HTTPConnection(app))
+    app.servers = servers
     if not servers:
         print("example app: no stream socket in SERVER_STARTER_PORT", file=sys.stderr)
         return 1
@@ -437,7 +855,14 @@ def processes() -> int:
     return int(value)
 
 
-def fork_sibling() -> int:
+def max_body() -> int:
+    value = os.environ.get("EXAMPLE_APP_MAX_BODY", "") or str(DEFAULT_MAX_BODY)
+    if not value.isdigit():
+        raise ValueError(f"EXAMPLE_APP_MAX_BODY must be a whole number of bytes, not {value!r}")
+    return int(value)
+
+
+def fork_sibling(body_limit: int) -> int:
     """A child that answers like its parent and ends with it."""
     parent = os.getpid()
     pid = os.fork()
@@ -450,7 +875,7 @@ def fork_sibling() -> int:
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(0)
     os.environ.pop("NOTIFY_SOCKET", None)  # readiness is the first process's to tell
-    os._exit(asyncio_servers.run(serve([])))
+    os._exit(asyncio_servers.run(serve([], body_limit)))
 
 
 def main() -> int:
@@ -461,6 +886,7 @@ def main() -> int:
     try:
         listener.ports()
         count = processes()
+        body_limit = max_body()
         boot = float(os.environ.get("EXAMPLE_APP_BOOT_SECONDS", "0") or 0)
     except (listener.NotUnderServerStarter, ValueError) as err:
         print(f"example app: {err}", file=sys.stderr)
@@ -470,8 +896,8 @@ def main() -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     if boot > 0 and signal.sigtimedwait(STOP_SIGNALS, boot) is not None:
         return 0
-    children = [fork_sibling() for _ in range(count - 1)]
-    return asyncio_servers.run(serve(children))
+    children = [fork_sibling(body_limit) for _ in range(count - 1)]
+    return asyncio_servers.run(serve(children, body_limit))
 
 
 if __name__ == "__main__":

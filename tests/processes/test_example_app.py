@@ -129,3 +129,18 @@ def test_a_bad_process_count_is_one_clear_line() -> None:
     assert result.stderr == (
         "example app: EXAMPLE_APP_PROCESSES must be a whole number from 1, not 'none'\n"
     )
+
+
+def test_a_bad_body_limit_is_one_clear_line() -> None:
+    result = subprocess.run(
+        EXAMPLE_APP,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=worker_env(SERVER_STARTER_PORT="", EXAMPLE_APP_MAX_BODY="1M"),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "example app: EXAMPLE_APP_MAX_BODY must be a whole number of bytes, not '1M'\n"
+    )

@@ -23,6 +23,7 @@ from harness.support import (
     START_SERVER,
     free_port,
     generation_of,
+    report,
     restart,
     run_ab,
     run_start_server,
@@ -59,7 +60,9 @@ def metrics(path: Path) -> dict[str, float]:
 
 
 @pytest.mark.load
-def test_a_generation_dying_on_probation_leaves_the_old_one_serving(tmp_path: Path) -> None:
+def test_a_generation_dying_on_probation_leaves_the_old_one_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     port, pid_file, envdir = free_port(), tmp_path / "pid", tmp_path / "env"
     envdir.mkdir()
     metrics_file = tmp_path / "metrics.prom"
@@ -121,7 +124,7 @@ def test_a_generation_dying_on_probation_leaves_the_old_one_serving(tmp_path: Pa
         assert "generation 3 is serving" in result.stderr
         assert metrics(metrics_file)["server_starter_last_reload_successful"] == 1
     figures = {k: load[k] for k in ("requests", "failed", "non_2xx", "resets", "latency_ms")}
-    print(f"a generation dying on probation, under ab -c 200: {figures}")
+    report(capsys, f"a generation dying on probation, under ab -r -c 200: {figures}")
     assert load["requests"] == REQUESTS
     assert load["failed"] == 0 and load["resets"] == 0, load
 
