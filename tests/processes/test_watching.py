@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.support import (
     APPS,
+    EXAMPLE_APP,
     ROOT,
     START_SERVER,
     free_port,
@@ -149,9 +150,7 @@ def test_status_exit_codes_and_refusals(tmp_path: Path) -> None:
         f"--pid-file={pid_file}",
         f"--envdir={envdir}",
         "--",
-        sys.executable,
-        "-m",
-        "server_starter.example_app",
+        *EXAMPLE_APP,
     ]
     with running(argv, env=worker_env()) as daemon:
         daemon.wait_for(r"retrying in 1s")

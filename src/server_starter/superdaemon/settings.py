@@ -199,7 +199,7 @@ class Text(Option):
 
 
 class Repeated(Option):
-    parse = staticmethod(str)
+    parse: Callable[[str], object] = staticmethod(str)
     repeatable = True
 
     def __get__(self, declared: Declared, owner: type | None = None) -> list[str]:
@@ -225,14 +225,8 @@ def parse_label(text: str) -> str:
     return text
 
 
-class Labels(Option):
+class Labels(Repeated):
     parse = staticmethod(parse_label)
-    repeatable = True
-
-    def __get__(self, declared: Declared, owner: type | None = None) -> list[str]:
-        value = self.value(declared)
-        assert value is None or isinstance(value, list)
-        return list(value or ())
 
 
 class Declared:
