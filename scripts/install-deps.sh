@@ -31,13 +31,11 @@ SYSTEM_PACKAGES="$SYSTEM_PACKAGES dpkg-dev debhelper dh-python python3-all pytho
 # End-to-end tests: Debian 12 and 13 root file systems booted with systemd-nspawn,
 # and the ssh client Ansible reaches a fleet of them with.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES systemd-container debootstrap openssh-client"
+# Go: the Go recipe (docs/go.md) is built and reloaded under load by the
+# tests, and the seed's Go program runs in make bench beside our apps.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES golang-go"
 # make bench: its plot.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-matplotlib"
-# make bench (scripts/install-deps.sh bench): Go, for the seed's Go program
-# beside our apps behind nginx.
-if [ "$WHAT" = bench ]; then
-    SYSTEM_PACKAGES="$SYSTEM_PACKAGES golang-go"
-fi
 fi
 
 missing=""
