@@ -9,7 +9,6 @@ mode, the superdaemon's in-place upgrade, template instances."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -23,12 +22,9 @@ from harness.fleet import ANSIBLE_PLAYBOOK, Fleet, Host, Run, fleet
 from harness.machine import SUITES
 from harness.support import aborted_on_close, http_get, readme_blocks, report
 
+# The marks of every booted test are conftest.py's; these are this file's own.
 pytestmark = [
-    pytest.mark.systemd,
     pytest.mark.load,
-    pytest.mark.timeout(900),  # the first test may also build the .debs and the root file system
-    pytest.mark.skipif(os.geteuid() != 0, reason="booting a container needs root"),
-    pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="systemd-container missing"),
     pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-core missing (make deps)"),
     pytest.mark.skipif(bool(proxies.available()), reason="haproxy or wrk missing (make deps)"),
 ]

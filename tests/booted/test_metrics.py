@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import time
 import urllib.request
@@ -24,13 +23,6 @@ import pytest
 from harness.debs import VERSION, deb
 from harness.machine import SUITES, Machine, booted
 from harness.support import free_port, http_get, report
-
-pytestmark = [
-    pytest.mark.systemd,
-    pytest.mark.timeout(900),  # the first test also builds the .debs and the root file systems
-    pytest.mark.skipif(os.geteuid() != 0, reason="booting a container needs root"),
-    pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="systemd-container missing"),
-]
 
 PORT = 8080  # app.socket's ListenStream=
 EXAMPLE = "/usr/share/doc/server-starter/examples/app.service.d/metrics.conf"
