@@ -1,5 +1,6 @@
 """The documentation names every option the command line has, and no other:
-the man page gives each its own entry, the README lists each."""
+the man page gives each its own entry, the README lists each.  Every link
+between the README and its pages reaches a file and a heading that exist."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from server_starter.superdaemon.cli import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 MAN_PAGE = ROOT / "packaging" / "debian" / "start_server.1"
 README = ROOT / "README.md"
+# The README and the pages it links to.
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "ansible" / "README.md"]
+LINK = re.compile(r"\]\(([^()\s]+)\)")
+FENCED = re.compile(r"^```.*?^```$", re.M | re.S)
 
 
 def parser_options() -> set[str]:
@@ -44,3 +49,33 @@ def test_the_readme_names_every_option() -> None:
         if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text)
     }
     assert not missing
+
+
+def anchor(heading: str) -> str:
+    """A heading's anchor as the forges render Markdown: lower case, no
+    punctuation but hyphens and underscores, each space a hyphen."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = FENCED.sub("", page.read_text())
+    return {anchor(heading) for heading in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def test_every_link_between_the_pages_reaches_a_file_and_a_heading() -> None:
+    assert anchor("Watching it: `--status` and metrics") == "watching-it---status-and-metrics"
+    broken = []
+    for page in PAGES:
+        fences = re.findall(r"^```", page.read_text(), re.M)
+        if len(fences) % 2:
+            broken.append(f"{page.relative_to(ROOT)}: a fenced block is never closed")
+        for target in LINK.findall(FENCED.sub("", page.read_text())):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, fragment = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}: no such file")
+            elif fragment and fragment not in anchors(linked):
+                broken.append(f"{page.relative_to(ROOT)}: {target}: no such heading")
+    assert not broken, "\n".join(broken)
