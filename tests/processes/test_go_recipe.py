@@ -45,9 +45,7 @@ def as_a_user_runs_it() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The directory of main.go and the binary the page's commands built."""
-    directory = tmp_path_factory.mktemp("go-recipe")
-    build_go_recipe(directory)
-    return directory
+    return build_go_recipe(tmp_path_factory.mktemp("go-recipe")).parent
 
 
 def test_every_fenced_block_of_the_page_is_marked_but_the_package_snippet() -> None:
