@@ -121,6 +121,7 @@ class Daemon:
         umask: int = -1,
     ) -> None:
         self.argv = list(argv)
+        self.port = 0  # the port it listens on, when serving() chose it
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
@@ -218,6 +219,28 @@ def running(argv: Sequence[str], **kwargs: Any) -> Iterator[Daemon]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 daemon.proc.wait(15)
         daemon.kill_everything()
+
+
+@contextlib.contextmanager
+def serving(
+    app: Sequence[str],
+    *options: str,
+    env: dict[str, str] | None = None,
+    ready: str = r"\(generation 1\) is ready",
+    timeout: float = 20.0,
+    program: str = START_SERVER,
+    **kwargs: Any,
+) -> Iterator[Daemon]:
+    """``program`` (our start_server unless told) on a free port of
+    127.0.0.1 (``daemon.port``) with ``options``, running ``app`` with
+    ``env`` (worker_env() unless given), once its output says ``ready``:
+    the first generation serves.  Stopped as running() stops it."""
+    port = free_port()
+    argv = [program, f"--port=127.0.0.1:{port}", *options, "--", *app]
+    with running(argv, env=worker_env() if env is None else env, **kwargs) as daemon:
+        daemon.port = port
+        daemon.wait_for(ready, timeout=timeout)
+        yield daemon
 
 
 class Terminal:

@@ -20,6 +20,7 @@ from harness.support import (
     generation_of,
     http_get,
     running,
+    serving,
     wait_for_reports,
     worker_env,
 )
@@ -117,13 +118,10 @@ def test_port_options_must_match_inherited_sockets(tmp_path: Path) -> None:
 
 
 def test_listen_pid_of_another_process_is_ignored(tmp_path: Path) -> None:
-    port = free_port()
     env = worker_env(LISTEN_PID="1", LISTEN_FDS="1", REPORT_DIR=str(tmp_path))
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *REPORTER]
-    with running(argv, env=env) as daemon:
+    with serving(REPORTER, env=env) as daemon:
         (report,) = wait_for_reports(tmp_path, 1)
-        daemon.wait_for(r"is ready")
-        assert report["env"]["SERVER_STARTER_PORT"] == f"127.0.0.1:{port}=3"
+        assert report["env"]["SERVER_STARTER_PORT"] == f"127.0.0.1:{daemon.port}=3"
         assert "LISTEN_FDS" not in report["env"]
 
 

@@ -22,6 +22,7 @@ from harness.support import (
     generation_of,
     run_start_server,
     running,
+    serving,
     wait_for_file,
     wait_for_reports,
     worker_env,
@@ -244,16 +245,9 @@ def test_restart_with_nobody_at_the_control_socket_fails_clearly(tmp_path: Path)
 
 
 def test_bad_control_request_leaves_the_generation_serving(tmp_path: Path) -> None:
-    port, control = free_port(), tmp_path / "control.sock"
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--control-socket={control}",
-        "--",
-        *EXAMPLE_APP,
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    control = tmp_path / "control.sock"
+    with serving(EXAMPLE_APP, f"--control-socket={control}") as daemon:
+        port = daemon.port
         assert oct(control.stat().st_mode & 0o777) == "0o600"
         with socket.socket(socket.AF_UNIX) as client:
             client.settimeout(10)

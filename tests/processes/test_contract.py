@@ -19,6 +19,7 @@ from harness.support import (
     free_port,
     pid_alive,
     running,
+    serving,
     signals_received,
     wait_for_file,
     wait_for_reports,
@@ -207,17 +208,12 @@ def test_signal_on_hup_is_configurable(tmp_path: Path) -> None:
     for name, program in (("perl", PERL_START_SERVER), ("ours", START_SERVER)):
         out = tmp_path / name
         out.mkdir()
-        argv = [
-            program,
-            f"--port=127.0.0.1:{free_port()}",
-            "--signal-on-hup=USR1",
-            "--signal-on-term=INT",
-            "--",
-            *REPORTER,
-        ]
-        with running(argv, env=worker_env(REPORT_DIR=str(out))) as daemon:
+        signals = ["--signal-on-hup=USR1", "--signal-on-term=INT"]
+        env = worker_env(REPORT_DIR=str(out))
+        with serving(
+            REPORTER, *signals, env=env, program=program, ready="starting new worker"
+        ) as daemon:
             wait_for_reports(out, 1)
-            daemon.wait_for("starting new worker")
             daemon.signal(signal.SIGHUP)
             daemon.wait_for(r"^old worker \d+ died")
             daemon.signal(signal.SIGTERM)

@@ -12,12 +12,10 @@ import time
 
 from harness.support import (
     EXAMPLE_APP,
-    START_SERVER,
     children,
-    free_port,
     http_get,
     pid_alive,
-    running,
+    serving,
     worker_env,
 )
 
@@ -31,14 +29,11 @@ def raw_request(port: int, request: bytes) -> bytes:
     return reply
 
 
-def argv(port: int) -> list[str]:
-    return [START_SERVER, f"--port=127.0.0.1:{port}", "--require-notify", "--", *EXAMPLE_APP]
-
-
 def test_replies_as_the_seed_program() -> None:
-    port = free_port()
-    with running(argv(port), env=worker_env(EXAMPLE_APP_PROCESSES="1")) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(
+        EXAMPLE_APP, "--require-notify", env=worker_env(EXAMPLE_APP_PROCESSES="1")
+    ) as daemon:
+        port = daemon.port
         status, headers, body = http_get(port, "/")
         assert (status, body) == (200, "Hello from a HandleFunc #1!\n")
         assert headers["x-server-starter-generation"] == "1"
@@ -64,9 +59,10 @@ def test_replies_as_the_seed_program() -> None:
 
 
 def test_processes_serve_together_and_drain_together() -> None:
-    port = free_port()
-    with running(argv(port), env=worker_env(EXAMPLE_APP_PROCESSES="3")) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(
+        EXAMPLE_APP, "--require-notify", env=worker_env(EXAMPLE_APP_PROCESSES="3")
+    ) as daemon:
+        port = daemon.port
         worker = int(daemon.wait_for(r"starting new worker (\d+)").group(1))
         forked = children(worker)
         assert len(forked) == 2
@@ -104,9 +100,10 @@ def test_processes_serve_together_and_drain_together() -> None:
 
 
 def test_a_process_dying_restarts_the_whole_generation() -> None:
-    port = free_port()
-    with running(argv(port), env=worker_env(EXAMPLE_APP_PROCESSES="2")) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready")
+    with serving(
+        EXAMPLE_APP, "--require-notify", env=worker_env(EXAMPLE_APP_PROCESSES="2")
+    ) as daemon:
+        port = daemon.port
         worker = int(daemon.wait_for(r"starting new worker (\d+)").group(1))
         (child,) = children(worker)
         os.kill(child, signal.SIGKILL)

@@ -37,6 +37,7 @@ from harness.support import (
     restart,
     run_start_server,
     running,
+    serving,
     wait_for_file,
     worker_env,
 )
@@ -73,20 +74,13 @@ def test_worker_killed_again_and_again_respawns_with_backoff(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """SIGKILL the serving worker once, then every 200 ms for 5 s."""
-    port, status_file = free_port(), tmp_path / "status"
+    status_file = tmp_path / "status"
     manager = FakeManager(tmp_path / "notify")
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--status-file={status_file}",
-        "--",
-        *EXAMPLE_APP,
-    ]
     manager.sock.settimeout(None)
     manager.keep_reading()
     env = worker_env(NOTIFY_SOCKET=str(manager.path))
-    with running(argv, env=env) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(EXAMPLE_APP, f"--status-file={status_file}", env=env) as daemon:
+        port = daemon.port
         with Load(port) as load:
             first = wait_for_file(status_file, lambda text: text.startswith("1:"))
             os.kill(int(first.split(":")[1]), signal.SIGKILL)
@@ -127,9 +121,8 @@ def test_hup_storm_keeps_two_generations_and_serves_the_last_deploy(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """100 HUPs in 2 s, a new deploy written before each."""
-    port, envdir = free_port(), tmp_path / "env"
+    envdir = tmp_path / "env"
     envdir.mkdir()
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--envdir={envdir}", "--", *EXAMPLE_APP]
     most_children = 0
     sampling = threading.Event()
 
@@ -139,8 +132,8 @@ def test_hup_storm_keeps_two_generations_and_serves_the_last_deploy(
             most_children = max(most_children, len(children(pid)))
             time.sleep(0.005)
 
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(EXAMPLE_APP, f"--envdir={envdir}") as daemon:
+        port = daemon.port
         sampler = threading.Thread(target=sample, args=(daemon.pid,))
         sampler.start()
         with Load(port) as load:
@@ -156,14 +149,14 @@ def test_hup_storm_keeps_two_generations_and_serves_the_last_deploy(
         assert daemon.proc.poll() is None
         assert greeting(port).startswith("deploy-99 ")
 
-    starting, serving = _replay(daemon.lines)
-    assert starting <= 1 and serving <= 1, (starting, serving)
+    starting, most_serving = _replay(daemon.lines)
+    assert starting <= 1 and most_serving <= 1, (starting, most_serving)
     assert load.failures == [], load.failures[:5]
     assert 2 < spawned < 100, "HUPs during a start coalesce into one more reload"
     report(
         capsys,
         f"100 HUPs in 2 s: {counts(load)}; {spawned - 1} reloads; at most {starting} starting "
-        f"+ {serving} serving at once (log), at most {most_children} children "
+        f"+ {most_serving} serving at once (log), at most {most_children} children "
         f"including draining ones (sampled); deploy-99 serves",
     )
 
@@ -205,22 +198,11 @@ def test_bad_generation_under_load_then_a_good_one(
     value: str,
     reason: str,
 ) -> None:
-    port, pid_file, envdir = free_port(), tmp_path / "pid", tmp_path / "env"
+    pid_file, envdir = tmp_path / "pid", tmp_path / "env"
     envdir.mkdir()
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--pid-file={pid_file}",
-        f"--envdir={envdir}",
-        "--require-notify",
-        "--ready-timeout=2",
-        "--backoff-max=60",
-        "--",
-        *EXAMPLE_APP,
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
-        with Load(port, path="/slow") as load:
+    options = [f"--pid-file={pid_file}", f"--envdir={envdir}", "--require-notify"]
+    with serving(EXAMPLE_APP, *options, "--ready-timeout=2", "--backoff-max=60") as daemon:
+        with Load(daemon.port, path="/slow") as load:
             (envdir / env_file).write_text(f"{value}\n")
             failed = restart(pid_file)
             assert failed.returncode == 1
@@ -239,10 +221,8 @@ def test_bad_generation_under_load_then_a_good_one(
 def test_sigstop_of_the_superdaemon_during_a_reload(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = free_port()
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(EXAMPLE_APP) as daemon:
+        port = daemon.port
         with Load(port, path="/slow") as load:
             daemon.signal(signal.SIGHUP)
             daemon.signal(signal.SIGSTOP)
@@ -261,21 +241,11 @@ def test_sigstop_of_the_superdaemon_during_a_reload(
 def test_worker_closing_its_listener_early_refuses_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port, pid_file, flag = free_port(), tmp_path / "pid", tmp_path / "close-early"
+    pid_file, flag = tmp_path / "pid", tmp_path / "close-early"
     choose = f'[ -e "{flag}" ] && exec "$0" "{CLOSES_LISTENER[1]}"; exec "$@"'
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--pid-file={pid_file}",
-        "--",
-        "sh",
-        "-c",
-        choose,
-        sys.executable,
-        *EXAMPLE_APP,
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    app = ["sh", "-c", choose, sys.executable, *EXAMPLE_APP]
+    with serving(app, f"--pid-file={pid_file}") as daemon:
+        port = daemon.port
         with Load(port) as load:
             flag.write_text("")
             assert restart(pid_file).returncode == 0  # generation 2 closes its listener
@@ -292,17 +262,15 @@ def test_worker_closing_its_listener_early_refuses_nothing(
 def test_worker_writing_megabytes_blocks_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port, pid_file = free_port(), tmp_path / "pid"
+    pid_file = tmp_path / "pid"
     megabytes = 5
     text = "noise from the worker: the quick brown fox jumps over the lazy dog"
     per_writer = megabytes * 1_000_000 // (len(text) + 1)
     # Each generation starts the noise in the background, then becomes the app.
     noise = shlex.join([sys.executable, str(NOISE), str(per_writer), text])
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}", "--"]
-    argv += ["sh", "-c", f'{noise} & exec "$@"', "sh", *EXAMPLE_APP]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
-        with Load(port) as load:
+    app = ["sh", "-c", f'{noise} & exec "$@"', "sh", *EXAMPLE_APP]
+    with serving(app, f"--pid-file={pid_file}") as daemon:
+        with Load(daemon.port) as load:
             for _ in range(3):
                 result = restart(pid_file)
                 assert result.returncode == 0, result.stderr
@@ -315,12 +283,9 @@ def test_worker_writing_megabytes_blocks_nothing(
 
 
 def test_clients_hanging_up_mid_reply_leave_no_traceback() -> None:
-    port = free_port()
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(EXAMPLE_APP) as daemon:
         for _ in range(5):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as client:
                 client.sendall(b"GET /slow HTTP/1.0\r\n\r\n")
                 assert client.recv(12) == b"HTTP/1.0 200"
                 # Close with a reset while the handler sleeps before its second write.
@@ -367,18 +332,10 @@ def test_a_read_only_status_directory_fails_the_start(tmp_path: Path) -> None:
 def test_status_directory_read_only_or_full(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = free_port()
     with tmpfs(tmp_path / "run", "64k") as run:
         status_file = run / "status"
-        argv = [
-            START_SERVER,
-            f"--port=127.0.0.1:{port}",
-            f"--status-file={status_file}",
-            "--",
-            *EXAMPLE_APP,
-        ]
-        with running(argv, env=worker_env()) as daemon:
-            daemon.wait_for(r"is ready")
+        with serving(EXAMPLE_APP, f"--status-file={status_file}") as daemon:
+            port = daemon.port
             load = Load(port).__enter__()
             subprocess.run(["mount", "-o", "remount,ro", str(run)], check=True)
             daemon.signal(signal.SIGHUP)
@@ -410,19 +367,11 @@ def test_status_directory_read_only_or_full(
 def test_envdir_vanishing_between_reloads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port, pid_file, envdir = free_port(), tmp_path / "pid", tmp_path / "env"
+    pid_file, envdir = tmp_path / "pid", tmp_path / "env"
     envdir.mkdir()
     (envdir / "EXAMPLE_APP_MESSAGE").write_text("Configured\n")
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--pid-file={pid_file}",
-        f"--envdir={envdir}",
-        "--",
-        *EXAMPLE_APP,
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(EXAMPLE_APP, f"--pid-file={pid_file}", f"--envdir={envdir}") as daemon:
+        port = daemon.port
         assert greeting(port).startswith("Configured ")
         with Load(port) as load:
             (envdir / "EXAMPLE_APP_MESSAGE").unlink()
@@ -471,15 +420,6 @@ def test_control_socket_refuses_other_users() -> None:
 
 
 def _refuses_other_users(control: Path) -> None:
-    port = free_port()
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--control-socket={control}",
-        "--",
-        *EXAMPLE_APP,
-    ]
-
     def as_nobody() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["/usr/bin/python3", "-c", ASK_FOR_A_RELOAD, str(control)],
@@ -490,8 +430,7 @@ def _refuses_other_users(control: Path) -> None:
             check=False,
         )
 
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(EXAMPLE_APP, f"--control-socket={control}") as daemon:
         assert control.stat().st_mode & 0o777 == 0o600
         blocked = as_nobody()
         assert blocked.stderr == "connect: Permission denied\n"
@@ -499,7 +438,7 @@ def _refuses_other_users(control: Path) -> None:
         os.chmod(control, 0o666)
         refused = as_nobody()
         assert refused.stderr == "answer: error permission denied\n"
-        assert generation_of(port) == 1
+        assert generation_of(daemon.port) == 1
         assert daemon.proc.poll() is None
 
 
@@ -521,23 +460,22 @@ def test_unix_socket_mode_is_what_was_asked(
 
 
 def test_bad_commands_beside_a_running_superdaemon_disturb_nothing(tmp_path: Path) -> None:
-    port, pid_file = free_port(), tmp_path / "pid"
+    pid_file = tmp_path / "pid"
     (tmp_path / "not-a-pid").write_text("hello\n")
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}", "--", *EXAMPLE_APP]
-    bad_commands = [
-        # a second instance on the same port, or with the same pid file
-        ([f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP], "Address already in use"),
-        (
-            [f"--port=127.0.0.1:{free_port()}", f"--pid-file={pid_file}", "--", *EXAMPLE_APP],
-            "is locked: another start_server runs",
-        ),
-        (["--restart", f"--pid-file={pid_file}", "--restart-timeout=soon"], "not a number"),
-        (["--restart", f"--pid-file={tmp_path / 'not-a-pid'}"], "names no start_server"),
-        (["--stop", f"--pid-file={tmp_path / 'missing'}"], "failed to open file"),
-        (["--restart", f"--pid-file={pid_file}", "--signal-on-hup=BOGUS"], "unknown signal"),
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(EXAMPLE_APP, f"--pid-file={pid_file}") as daemon:
+        port = daemon.port
+        bad_commands = [
+            # a second instance on the same port, or with the same pid file
+            ([f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP], "Address already in use"),
+            (
+                [f"--port=127.0.0.1:{free_port()}", f"--pid-file={pid_file}", "--", *EXAMPLE_APP],
+                "is locked: another start_server runs",
+            ),
+            (["--restart", f"--pid-file={pid_file}", "--restart-timeout=soon"], "not a number"),
+            (["--restart", f"--pid-file={tmp_path / 'not-a-pid'}"], "names no start_server"),
+            (["--stop", f"--pid-file={tmp_path / 'missing'}"], "failed to open file"),
+            (["--restart", f"--pid-file={pid_file}", "--signal-on-hup=BOGUS"], "unknown signal"),
+        ]
         with Load(port) as load:
             for args, message in bad_commands:
                 result = run_start_server(*args)
@@ -557,10 +495,8 @@ def test_after_a_sigkill_of_the_superdaemon_a_new_one_names_the_orphans_holding_
     running as orphans, holding the port.  A new start_server on that port
     says in one line which processes hold it and the command that drains
     them; after that command it binds and runs."""
-    port = free_port()
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP]
-    with running(argv, env=worker_env()) as first:
-        first.wait_for(r"is ready")
+    with serving(EXAMPLE_APP) as first:
+        port = first.port
         (worker,) = children(first.pid)
         first.signal(signal.SIGKILL)
         first.wait()
@@ -576,6 +512,6 @@ def test_after_a_sigkill_of_the_superdaemon_a_new_one_names_the_orphans_holding_
         while pid_alive(worker):  # an orphan's exit has no event for us to await
             assert time.monotonic() < deadline, "the orphan did not drain on TERM"
             time.sleep(0.05)
-        with running(argv, env=worker_env()) as second:
+        with running(first.argv, env=worker_env()) as second:
             second.wait_for(r"is ready")
             assert http_get(port)[0] == 200

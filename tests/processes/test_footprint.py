@@ -15,11 +15,9 @@ from harness.support import (
     PERL_START_SERVER,
     ROOT,
     START_SERVER,
-    free_port,
     process_figures,
     report,
-    running,
-    worker_env,
+    serving,
 )
 
 IDLE_WINDOW = 5.0  # seconds of observation; the assertion is a count, not a duration
@@ -40,9 +38,7 @@ def test_idle_superdaemon_never_wakes_up(tmp_path: Path, watched: bool) -> None:
     """Also with the files a monitoring system reads: they are written at
     events only, never on a timer."""
     files = [f"--status-file={tmp_path / 'status'}", f"--metrics-file={tmp_path / 'm.prom'}"]
-    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", *(files if watched else [])]
-    with running([*argv, "--", *EXAMPLE_APP], env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(EXAMPLE_APP, *(files if watched else [])) as daemon:
         _wait_until_blocked_in_epoll(daemon.pid)
         before = process_figures(daemon.pid)
         written = (tmp_path / "m.prom").stat().st_mtime_ns if watched else 0
@@ -66,9 +62,7 @@ def test_resident_memory_at_most_perls(capsys: pytest.CaptureFixture[str]) -> No
     assert compiled.returncode == 0
     rss = {}
     for name, program in (("perl", PERL_START_SERVER), ("ours", START_SERVER)):
-        argv = [program, f"--port=127.0.0.1:{free_port()}", "--", *EXAMPLE_APP]
-        with running(argv, env=worker_env()) as daemon:
-            daemon.wait_for(r"starting new worker")
+        with serving(EXAMPLE_APP, program=program, ready=r"starting new worker") as daemon:
             daemon.signal(1)  # one reload, so both have run their whole reload path
             daemon.wait_for(r"^old worker \d+ died")
             rss[name] = process_figures(daemon.pid)["rss_kib"]

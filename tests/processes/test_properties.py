@@ -19,13 +19,10 @@ from hypothesis import strategies as st
 
 from harness.support import (
     EXAMPLE_APP,
-    START_SERVER,
     Daemon,
-    free_port,
     generation_of,
     run_start_server,
-    running,
-    worker_env,
+    serving,
 )
 from server_starter import listener
 from server_starter.contract import PortVariableError, parse_notify
@@ -203,12 +200,9 @@ def test_a_notify_datagram_from_another_user_is_dropped() -> None:
 
 @pytest.fixture(scope="module")
 def superdaemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, int, Path]]:
-    port = free_port()
     control = tmp_path_factory.mktemp("control") / "control.sock"
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--control-socket={control}"]
-    with running([*argv, "--", *EXAMPLE_APP], env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
-        yield daemon, port, control
+    with serving(EXAMPLE_APP, f"--control-socket={control}") as daemon:
+        yield daemon, daemon.port, control
 
 
 COMMANDS = ("reload", "upgrade")

@@ -41,16 +41,14 @@ from harness.support import (
     EXAMPLE_APP,
     GUNICORN_UVICORN,
     ROOT,
-    START_SERVER,
     UVICORN_APP,
     Daemon,
     aiohttp_app,
-    free_port,
     reloading,
     reloads_done,
     report,
     retiring_lifetimes,
-    running,
+    serving,
     worker_env,
 )
 
@@ -95,10 +93,8 @@ def test_no_request_fails_behind_a_pooling_proxy(
 ) -> None:
     worker, path = CONTENDERS[contender]
     make_proxy, client = SETUPS[setup]
-    port = free_port()
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--require-notify", "--", *worker]
-    with running(argv, env=worker_env(PYTHONPATH=str(SRC))) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready")
+    with serving(worker, "--require-notify", env=worker_env(PYTHONPATH=str(SRC))) as daemon:
+        port = daemon.port
         with make_proxy(port, tmp_path) as proxy:
             url = f"http://127.0.0.1:{proxy.port}{path}"
             with reloading(lambda: daemon.signal(signal.SIGHUP), RELOAD_EVERY):

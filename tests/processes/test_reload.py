@@ -17,6 +17,7 @@ from harness.support import (
     http_get,
     restart,
     running,
+    serving,
     worker_env,
 )
 
@@ -24,11 +25,10 @@ from harness.support import (
 @pytest.mark.load
 @pytest.mark.parametrize("path", ["/", "/slow"])
 def test_reloads_under_load_fail_no_request(tmp_path: Path, path: str) -> None:
-    port, pid_file = free_port(), tmp_path / "pid"
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}", "--", *EXAMPLE_APP]
+    pid_file = tmp_path / "pid"
     reloads = 20
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready \(READY=1\)")
+    with serving(EXAMPLE_APP, f"--pid-file={pid_file}", ready=r"is ready \(READY=1\)") as daemon:
+        port = daemon.port
         with Load(port, path=path) as load:
             for number in range(reloads):
                 result = restart(pid_file)
@@ -45,11 +45,9 @@ def test_reloads_under_load_fail_no_request(tmp_path: Path, path: str) -> None:
 
 def test_hup_during_reload_is_coalesced(tmp_path: Path) -> None:
     """Three HUPs while a slow generation boots: one more reload, not three."""
-    port, envdir = free_port(), tmp_path / "env"
+    envdir = tmp_path / "env"
     envdir.mkdir()
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--envdir={envdir}", "--", *EXAMPLE_APP]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(EXAMPLE_APP, f"--envdir={envdir}") as daemon:
         (envdir / "EXAMPLE_APP_BOOT_SECONDS").write_text("1.5\n")
         daemon.signal(1)
         daemon.wait_for(r"starting new worker", count=2)
@@ -59,24 +57,16 @@ def test_hup_during_reload_is_coalesced(tmp_path: Path) -> None:
         (envdir / "EXAMPLE_APP_BOOT_SECONDS").unlink()
         daemon.wait_for(r"worker \d+ \(generation 3\) is ready", timeout=30)
         daemon.wait_for(r"^old worker \d+ died", count=2)
-        assert generation_of(port) == 3
+        assert generation_of(daemon.port) == 3
         assert len(daemon.matches(r"starting new worker")) == 3
 
 
 def test_failed_generation_keeps_the_old_one(tmp_path: Path) -> None:
-    port, pid_file, envdir = free_port(), tmp_path / "pid", tmp_path / "env"
+    pid_file, envdir = tmp_path / "pid", tmp_path / "env"
     envdir.mkdir()
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--pid-file={pid_file}",
-        f"--envdir={envdir}",
-        "--backoff-max=60",
-        "--",
-        *EXAMPLE_APP,
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    options = [f"--pid-file={pid_file}", f"--envdir={envdir}", "--backoff-max=60"]
+    with serving(EXAMPLE_APP, *options) as daemon:
+        port = daemon.port
         (envdir / "EXAMPLE_APP_FAIL").write_text("broken deploy\n")
         result = restart(pid_file)
         assert result.returncode == 1
@@ -96,25 +86,17 @@ def test_failed_generation_keeps_the_old_one(tmp_path: Path) -> None:
 
 
 def test_require_notify_times_out_a_hanging_generation(tmp_path: Path) -> None:
-    port, pid_file, envdir = free_port(), tmp_path / "pid", tmp_path / "env"
+    pid_file, envdir = tmp_path / "pid", tmp_path / "env"
     envdir.mkdir()
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--pid-file={pid_file}",
-        f"--envdir={envdir}",
-        "--require-notify",
-        "--ready-timeout=2",
-        "--",
-        *EXAMPLE_APP,
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready \(READY=1\)")
+    options = [f"--pid-file={pid_file}", f"--envdir={envdir}", "--require-notify"]
+    with serving(
+        EXAMPLE_APP, *options, "--ready-timeout=2", ready=r"is ready \(READY=1\)"
+    ) as daemon:
         (envdir / "EXAMPLE_APP_BOOT_SECONDS").write_text("600\n")
         result = restart(pid_file)
         assert result.returncode == 1
         assert "no READY=1 within 2s" in result.stderr
-        assert generation_of(port) == 1
+        assert generation_of(daemon.port) == 1
         daemon.wait_for(r"failed to start, exit status:9 \(killed by SIGKILL\)")
 
 
@@ -132,37 +114,24 @@ def test_worker_binding_the_port_itself_is_explained(tmp_path: Path) -> None:
 
 
 def test_first_unexpected_death_respawns_at_once(tmp_path: Path) -> None:
-    port = free_port()
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
-        _, headers, _ = http_get(port)
+    with serving(EXAMPLE_APP) as daemon:
+        _, headers, _ = http_get(daemon.port)
         import os
         import signal
 
         os.kill(int(headers["x-worker-pid"]), signal.SIGKILL)
         daemon.wait_for(r"died unexpectedly with status:9 \(killed by SIGKILL\), restarting")
         daemon.wait_for(r"\(generation 2\) is ready")
-        assert generation_of(port) == 2
+        assert generation_of(daemon.port) == 2
 
 
 def test_auto_restart_replaces_the_worker_periodically(tmp_path: Path) -> None:
-    port = free_port()
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        "--enable-auto-restart",
-        "--auto-restart-interval=1",
-        "--kill-old-delay=0",
-        "--",
-        *EXAMPLE_APP,
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready")
+    options = ["--enable-auto-restart", "--auto-restart-interval=1", "--kill-old-delay=0"]
+    with serving(EXAMPLE_APP, *options) as daemon:
         daemon.wait_for(r"^autorestart triggered \(interval=1\)$")
         daemon.wait_for(r"\(generation 2\) is ready")
         daemon.wait_for(r"^old worker \d+ died")
-        assert generation_of(port) >= 2
+        assert generation_of(daemon.port) >= 2
 
 
 def test_a_release_deployed_by_swapping_a_symlink_serves_after_a_reload(tmp_path: Path) -> None:
@@ -189,19 +158,10 @@ def test_a_release_deployed_by_swapping_a_symlink_serves_after_a_reload(tmp_path
         (tmp_path / "current.new").rename(current)
 
     deploy("one")
-    port, pid_file = free_port(), tmp_path / "pid"
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--pid-file={pid_file}",
-        f"--dir={current}",
-        "--require-notify",
-        "--",
-        sys.executable,
-        "app.py",
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready")
+    pid_file = tmp_path / "pid"
+    options = [f"--pid-file={pid_file}", f"--dir={current}", "--require-notify"]
+    with serving([sys.executable, "app.py"], *options) as daemon:
+        port = daemon.port
         assert http_get(port)[2].startswith("one from")
         deploy("two")
         assert restart(pid_file).returncode == 0

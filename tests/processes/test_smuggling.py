@@ -17,7 +17,7 @@ from typing import NamedTuple
 import pytest
 
 from harness.malformed import ACCEPTED, HOST, MAX_BODY, REFUSED, SMUGGLED, Case
-from harness.support import EXAMPLE_APP, START_SERVER, free_port, running, worker_env
+from harness.support import EXAMPLE_APP, serving, worker_env
 
 # Behind a control: valid too, and the last, so that the app closes after it.
 LAST = b"GET /smuggled HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n"
@@ -70,11 +70,9 @@ def replies(data: bytes) -> list[Reply]:
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    port = free_port()
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--require-notify", "--", *EXAMPLE_APP]
-    with running(argv, env=worker_env(EXAMPLE_APP_MAX_BODY=str(MAX_BODY))) as daemon:
-        daemon.wait_for(r"is ready")
-        yield port
+    env = worker_env(EXAMPLE_APP_MAX_BODY=str(MAX_BODY))
+    with serving(EXAMPLE_APP, "--require-notify", env=env) as daemon:
+        yield daemon.port
 
 
 @pytest.mark.parametrize("case", REFUSED, ids=[case.name for case in REFUSED])

@@ -17,14 +17,11 @@ import pytest
 
 from harness.support import (
     EXAMPLE_APP,
-    START_SERVER,
     UVICORN_APP,
     Load,
-    free_port,
     process_figures,
     report,
-    running,
-    worker_env,
+    serving,
 )
 from server_starter.superdaemon.control import request
 
@@ -56,21 +53,13 @@ def test_reloads_under_load_lose_nothing_and_leak_nothing(
     app: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     command = APPS[app]
-    port, control, status_file = free_port(), tmp_path / "control.sock", tmp_path / "status"
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--control-socket={control}",
-        f"--status-file={status_file}",
-        "--require-notify",
-        "--",
-        *command,
-    ]
+    control, status_file = tmp_path / "control.sock", tmp_path / "status"
+    options = [f"--control-socket={control}", f"--status-file={status_file}", "--require-notify"]
     every = max(1, RELOADS // SAMPLES)
     samples: dict[str, list[tuple[int, int]]] = {"fds": [], "threads": [], "rss_kib": []}
     started = time.monotonic()
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready", timeout=60)
+    with serving(command, *options, timeout=60) as daemon:
+        port = daemon.port
         with Load(port, threads=50) as load:
             for number in range(1, RELOADS + 1):
                 request(str(control), "reload", 60)

@@ -21,24 +21,16 @@ from harness.support import (
     free_port,
     pid_alive,
     run_start_server,
-    running,
+    serving,
     wait_for_reports,
     worker_env,
 )
 
 
 def test_stop_drains_a_request_in_flight(tmp_path: Path) -> None:
-    port, pid_file, status_file = free_port(), tmp_path / "pid", tmp_path / "status"
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--pid-file={pid_file}",
-        f"--status-file={status_file}",
-        "--",
-        *EXAMPLE_APP,
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    pid_file, status_file = tmp_path / "pid", tmp_path / "status"
+    with serving(EXAMPLE_APP, f"--pid-file={pid_file}", f"--status-file={status_file}") as daemon:
+        port = daemon.port
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"GET /slow HTTP/1.0\r\n\r\n")
             received = b""
@@ -99,10 +91,9 @@ def test_ctrl_c_in_a_terminal_drains_like_sigint(name: str) -> None:
 
 
 def test_worker_ignoring_term_is_killed_after_the_stop_timeout(tmp_path: Path) -> None:
-    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", "--stop-timeout=1", "--", *REPORTER]
-    with running(argv, env=worker_env(REPORT_DIR=str(tmp_path), REPORTER_IGNORE="TERM")) as d:
+    env = worker_env(REPORT_DIR=str(tmp_path), REPORTER_IGNORE="TERM")
+    with serving(REPORTER, "--stop-timeout=1", env=env) as d:
         (worker,) = wait_for_reports(tmp_path, 1)
-        d.wait_for(r"is ready")
         d.signal(signal.SIGTERM)
         assert d.wait() == 0
         d.wait_for(r"still running 1s after its signal, sending KILL")
@@ -111,16 +102,8 @@ def test_worker_ignoring_term_is_killed_after_the_stop_timeout(tmp_path: Path) -
 
 
 def test_old_generation_ignoring_its_signal_is_killed(tmp_path: Path) -> None:
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{free_port()}",
-        "--stop-timeout=1",
-        "--interval=0.2",
-        "--",
-        *REPORTER,
-    ]
-    with running(argv, env=worker_env(REPORT_DIR=str(tmp_path), REPORTER_IGNORE="TERM")) as d:
-        d.wait_for(r"is ready")
+    env = worker_env(REPORT_DIR=str(tmp_path), REPORTER_IGNORE="TERM")
+    with serving(REPORTER, "--stop-timeout=1", "--interval=0.2", env=env) as d:
         d.signal(signal.SIGHUP)
         d.wait_for(r"\(generation 2\) is ready")
         d.wait_for(r"worker \d+ \(generation 1\) still running 1s after its signal, sending KILL")
@@ -131,10 +114,10 @@ def test_old_generation_ignoring_its_signal_is_killed(tmp_path: Path) -> None:
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGQUIT, signal.SIGTERM])
 def test_no_signal_orphans_a_worker(tmp_path: Path, stop_signal: signal.Signals) -> None:
     sock_path = tmp_path / "app.sock"
-    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", f"--path={sock_path}", "--", *REPORTER]
-    with running(argv, env=worker_env(REPORT_DIR=str(tmp_path))) as daemon:
+    with serving(
+        REPORTER, f"--path={sock_path}", env=worker_env(REPORT_DIR=str(tmp_path))
+    ) as daemon:
         (worker,) = wait_for_reports(tmp_path, 1)
-        daemon.wait_for(r"is ready")
         assert sock_path.is_socket()
         daemon.signal(stop_signal)
         assert daemon.wait() == 0
@@ -147,15 +130,8 @@ def test_no_signal_orphans_a_worker(tmp_path: Path, stop_signal: signal.Signals)
 def test_stop_command_waits_for_exit(tmp_path: Path) -> None:
 
     pid_file = tmp_path / "pid"
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{free_port()}",
-        f"--pid-file={pid_file}",
-        "--",
-        *REPORTER,
-    ]
-    with running(argv, env=worker_env(REPORT_DIR=str(tmp_path))) as daemon:
-        daemon.wait_for(r"is ready")
+    env = worker_env(REPORT_DIR=str(tmp_path))
+    with serving(REPORTER, f"--pid-file={pid_file}", env=env) as daemon:
         result = run_start_server("--stop", f"--pid-file={pid_file}")
         assert result.returncode == 0, result.stderr
         assert daemon.proc.poll() is not None, "--stop returned before start_server exited"

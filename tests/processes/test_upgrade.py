@@ -26,6 +26,7 @@ from harness.support import (
     run_ab,
     run_start_server,
     running,
+    serving,
     worker_env,
 )
 
@@ -42,18 +43,10 @@ def answering_worker(port: int) -> tuple[int, int]:
 
 @pytest.mark.load
 def test_twenty_upgrades_under_load_lose_nothing(tmp_path: Path, capsys: object) -> None:
-    port, pid_file = free_port(), tmp_path / "pid"
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--pid-file={pid_file}",
-        "--require-notify",
-        "--",
-        *EXAMPLE_APP,
-    ]
+    pid_file = tmp_path / "pid"
     upgrades = 20
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(EXAMPLE_APP, f"--pid-file={pid_file}", "--require-notify") as daemon:
+        port = daemon.port
         worker = answering_worker(port)
         results: list[subprocess.CompletedProcess[str]] = []
         rss: list[float] = []
@@ -87,19 +80,10 @@ def test_twenty_upgrades_under_load_lose_nothing(tmp_path: Path, capsys: object)
 def test_upgrade_while_a_reload_is_starting_answers_the_reload(tmp_path: Path) -> None:
     """A generation still starting (and the client waiting for its reload)
     is carried over: its READY=1 reaches the new image, which answers."""
-    port, pid_file, envdir = free_port(), tmp_path / "pid", tmp_path / "env"
+    pid_file, envdir = tmp_path / "pid", tmp_path / "env"
     envdir.mkdir()
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--pid-file={pid_file}",
-        f"--envdir={envdir}",
-        "--require-notify",
-        "--",
-        *EXAMPLE_APP,
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready")
+    options = [f"--pid-file={pid_file}", f"--envdir={envdir}", "--require-notify"]
+    with serving(EXAMPLE_APP, *options) as daemon:
         (envdir / "EXAMPLE_APP_BOOT_SECONDS").write_text("3\n")
         restart = subprocess.Popen(
             [START_SERVER, "--restart", f"--pid-file={pid_file}"],
@@ -115,25 +99,17 @@ def test_upgrade_while_a_reload_is_starting_answers_the_reload(tmp_path: Path) -
         assert "generation 2 is serving" in restart_err
         daemon.wait_for(r"\(generation 2\) is ready \(READY=1\)")
         daemon.wait_for(r"^old worker \d+ died")
-        assert generation_of(port) == 2
+        assert generation_of(daemon.port) == 2
         assert daemon.proc.poll() is None
 
 
 def test_upgrade_while_old_generations_retire_and_drain(tmp_path: Path) -> None:
     """Deadlines survive the exec: the retiring generation is signalled after
     its --kill-old-delay by the new image, and its exit is reaped there."""
-    port, pid_file = free_port(), tmp_path / "pid"
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--pid-file={pid_file}",
-        "--kill-old-delay=2",
-        "--require-notify",
-        "--",
-        *EXAMPLE_APP,
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready")
+    pid_file = tmp_path / "pid"
+    options = [f"--pid-file={pid_file}", "--kill-old-delay=2", "--require-notify"]
+    with serving(EXAMPLE_APP, *options) as daemon:
+        port = daemon.port
         daemon.signal(signal.SIGHUP)
         daemon.wait_for(r"^sleeping 2 secs before killing old workers$")
         result = upgrade(pid_file)
@@ -148,11 +124,9 @@ def test_upgrade_while_old_generations_retire_and_drain(tmp_path: Path) -> None:
 def test_a_worker_exiting_during_the_exec_is_reaped_with_its_status(tmp_path: Path) -> None:
     """SIGKILL the worker right before the upgrade: whichever image sees its
     exit logs the real status, and a new generation replaces it."""
-    port, pid_file = free_port(), tmp_path / "pid"
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}", "--", *EXAMPLE_APP]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready")
-        _, worker = answering_worker(port)
+    pid_file = tmp_path / "pid"
+    with serving(EXAMPLE_APP, f"--pid-file={pid_file}") as daemon:
+        _, worker = answering_worker(daemon.port)
         os.kill(worker, signal.SIGKILL)
         result = upgrade(pid_file)
         assert result.returncode == 0, result.stderr
@@ -166,10 +140,9 @@ def test_a_broken_new_version_changes_nothing(tmp_path: Path) -> None:
     installed = tmp_path / "site"
     shutil.copytree(ROOT / "src" / "server_starter", installed / "server_starter")
     env = worker_env(PYTHONPATH=str(installed))
-    port, pid_file = free_port(), tmp_path / "pid"
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", f"--pid-file={pid_file}", "--", *EXAMPLE_APP]
-    with running(argv, env=env) as daemon:
-        daemon.wait_for(r"is ready")
+    pid_file = tmp_path / "pid"
+    with serving(EXAMPLE_APP, f"--pid-file={pid_file}", env=env) as daemon:
+        port = daemon.port
         worker = answering_worker(port)
         with (installed / "server_starter" / "superdaemon" / "host.py").open("a") as broken:
             broken.write("\nraise ImportError('a broken build of host.py')\n")
@@ -186,10 +159,8 @@ def test_a_broken_new_version_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_sigusr2_upgrades_too(tmp_path: Path) -> None:
-    port = free_port()
-    argv = [START_SERVER, f"--port=127.0.0.1:{port}", "--", *EXAMPLE_APP]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(EXAMPLE_APP) as daemon:
+        port = daemon.port
         worker = answering_worker(port)
         daemon.signal(signal.SIGUSR2)
         daemon.wait_for(r"^start_server upgraded in place from \S+ to \S+ \(pid \d+\)")

@@ -21,6 +21,7 @@ from harness.support import (
     pid_alive,
     run_start_server,
     running,
+    serving,
     wait_for_file,
     worker_env,
 )
@@ -67,19 +68,10 @@ def echo(port: int | None = None, path: Path | None = None, data: bytes = b"hell
 def test_reload_status_file_and_signal(
     tmp_path: Path, scenario: str, options: list[str], signal_on_hup: str
 ) -> None:
-    port, status_file, signame = free_port(), tmp_path / "status", tmp_path / "signame"
-    argv = [
-        START_SERVER,
-        f"--port=127.0.0.1:{port}",
-        f"--status-file={status_file}",
-        f"--signal-on-hup={signal_on_hup}",
-        *options,
-        "--",
-        *ECHOD,
-        str(signame),
-    ]
-    with running(argv, env=worker_env()) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready")
+    status_file, signame = tmp_path / "status", tmp_path / "signame"
+    options = [f"--status-file={status_file}", f"--signal-on-hup={signal_on_hup}", *options]
+    with serving([*ECHOD, str(signame)], *options) as daemon:
+        port = daemon.port
         first = echo(port)
         wait_for_file(status_file, lambda text: text == f"1:{first}\n")
         if scenario != "06-autorestart":
@@ -105,9 +97,7 @@ def test_reload_status_file_and_signal(
 def test_a_second_starter_on_the_same_pid_file_is_refused(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     pid_file.write_text("999999\n")  # stale: nobody holds its lock, so it is taken over
-    argv = [START_SERVER, f"--port=127.0.0.1:{free_port()}", f"--pid-file={pid_file}"]
-    with running([*argv, "--", *ECHOD], env=worker_env()) as daemon:
-        daemon.wait_for(r"is ready")
+    with serving(ECHOD, f"--pid-file={pid_file}") as daemon:
         assert pid_file.read_text() == f"{daemon.pid}\n"
         second = run_start_server(
             f"--port=127.0.0.1:{free_port()}", f"--pid-file={pid_file}", "--", *ECHOD

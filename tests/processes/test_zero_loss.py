@@ -15,6 +15,7 @@ from a few hundred connections at once."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import shutil
 import signal
@@ -31,18 +32,17 @@ from harness.support import (
     GUNICORN_UVICORN,
     KEEP_ALIVE_SERVERS,
     ROOT,
-    START_SERVER,
     UVICORN_APP,
+    Daemon,
     KeepAliveLoad,
     aborted_on_close,
     aiohttp_app,
-    free_port,
     generation_of,
     reloading,
     reloads_done,
     report,
     run_ab,
-    running,
+    serving,
     worker_env,
 )
 
@@ -62,8 +62,9 @@ APPS_UNDER_LOAD = {
 }
 
 
-def start_server(port: int, worker: list[str]) -> list[str]:
-    return [START_SERVER, f"--port=127.0.0.1:{port}", "--require-notify", "--", *worker]
+def serving_app(worker: list[str]) -> contextlib.AbstractContextManager[Daemon]:
+    # Another interpreter (Debian's, the newer ones) finds the package through PYTHONPATH.
+    return serving(worker, "--require-notify", env=worker_env(PYTHONPATH=str(SRC)))
 
 
 # The drain must be right on every CPython from Debian's 3.11 on: the recipe
@@ -87,10 +88,8 @@ def test_no_connection_lost_across_reloads(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     worker, path, requests = APPS_UNDER_LOAD[name]
-    port = free_port()
-    # Another interpreter finds the package through PYTHONPATH.
-    with running(start_server(port, worker), env=worker_env(PYTHONPATH=str(SRC))) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready")
+    with serving_app(worker) as daemon:
+        port = daemon.port
         with reloading(lambda: daemon.signal(signal.SIGHUP), RELOAD_EVERY):
             result = run_ab(f"http://127.0.0.1:{port}{path}", requests, CONCURRENCY, tmp_path)
         reloads = reloads_done(daemon)
@@ -125,10 +124,8 @@ def test_keep_alive_clients_never_see_a_connection_end_unserved(
     ``Connection: close``; no connection ends under a request, neither
     with a reset nor with a clean FIN."""
     worker = KEEP_ALIVE[name]
-    port = free_port()
-    # Debian's interpreter finds the package through PYTHONPATH.
-    with running(start_server(port, worker), env=worker_env(PYTHONPATH=str(SRC))) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready")
+    with serving_app(worker) as daemon:
+        port = daemon.port
         resets_before = aborted_on_close()
         with (
             KeepAliveLoad(port, "/slow", threads=40) as slow,
@@ -160,10 +157,8 @@ def test_a_connection_streaming_its_replies_leaves_the_retiring_generation(name:
     next reply on it says ``Connection: close``, and the retiring
     generation exits long before its drain's deadline would cut the
     connection under a reply."""
-    port = free_port()
-    argv = start_server(port, KEEP_ALIVE[name])
-    with running(argv, env=worker_env(PYTHONPATH=str(SRC))) as daemon:
-        daemon.wait_for(r"\(generation 1\) is ready")
+    with serving_app(KEEP_ALIVE[name]) as daemon:
+        port = daemon.port
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
             replies: list[tuple[str | None, str | None]] = []  # (generation, Connection:)
