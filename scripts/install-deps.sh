@@ -60,9 +60,13 @@ if [ ! -f .venv/.installed-demo ] || [ pyproject.toml -nt .venv/.installed-demo 
     touch .venv/.installed-demo
 fi
 [ "$WHAT" = demo ] && exit 0
-if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+# The list below is in this script: a venv made before a change to it gets it.
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ] || [ "$0" -nt .venv/.installed ]; then
+    # uvicorn-worker: what server_starter.uvicorn_worker builds on where it is
+    # installed (Debian's python3 keeps uvicorn.workers); it needs gunicorn 21
+    # or later, so the venv has PyPI's gunicorn over Debian's 20.1.
     .venv/bin/pip install -q --disable-pip-version-check -e . \
-        pytest pytest-timeout hypothesis ruff mypy uvicorn "aiohttp>=3.9" \
+        pytest pytest-timeout hypothesis ruff mypy uvicorn uvicorn-worker "aiohttp>=3.9" \
         jsonschema prometheus-client \
         "ansible-core>=2.19"
     # The test harness (tests/harness), importable by the tests and the bench alike.

@@ -4,29 +4,45 @@
         gunicorn -c python:server_starter.gunicorn \\
             -k server_starter.uvicorn_worker.UvicornWorker myapp:app -w 4
 
-uvicorn's own ``uvicorn.workers.UvicornWorker`` with the drain of
-``server_starter.uvicorn_drain``: on SIGTERM (gunicorn's graceful stop, or
-the old workers of gunicorn's own HUP) it stops accepting at once, serves
-every request on the connections it has accepted, and ends keep-alive
-connections only where the client expects it.
-Works under the superdaemon and under a plain gunicorn alike.
+uvicorn's gunicorn worker with the drain of ``server_starter.uvicorn_drain``:
+on SIGTERM (gunicorn's graceful stop, or the old workers of gunicorn's own
+HUP) it stops accepting at once, serves every request on the connections it
+has accepted, and ends keep-alive connections only where the client expects
+it.  Works under the superdaemon and under a plain gunicorn alike.
+
+It builds on ``uvicorn_worker.UvicornWorker`` where the ``uvicorn-worker``
+package is installed (``pip install uvicorn-worker``; its 0.4 needs uvicorn
+0.36 and gunicorn 21), and otherwise on ``uvicorn.workers.UvicornWorker``,
+the same class, which uvicorn deprecated in 0.30 in favour of that package:
+from uvicorn 0.30 on (Debian 13's is 0.32) importing it warns
+(DeprecationWarning, shown under ``python3 -W default``), and that warning is
+left for the user to see.  Neither Debian 12 nor 13 packages uvicorn-worker.
 """
 
 from __future__ import annotations
 
 import sys
-import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.arbiter import Arbiter
 
 from .uvicorn_drain import DrainingH11Protocol, DrainingServer
 
-with warnings.catch_warnings():
-    # uvicorn.workers is deprecated in favour of the uvicorn-worker package,
-    # which has the same class; this one is what uvicorn still ships.
-    warnings.simplefilter("ignore", DeprecationWarning)
+if TYPE_CHECKING:
+    # uvicorn-worker ships no type information; uvicorn's copy of its class does.
     from uvicorn.workers import UvicornWorker as _UvicornWorker
+else:
+    # Both are one code: what the subclass overrides or uses (CONFIG_KWARGS,
+    # _serve, _install_sigquit_handler, and gunicorn's sockets and wsgi) is
+    # the same in uvicorn-worker 0.2 to 0.4 and in uvicorn 0.22 on.
+    try:
+        from uvicorn_worker import UvicornWorker as _UvicornWorker
+    except ModuleNotFoundError as missing:
+        # Only its absence falls back: a uvicorn-worker that is there but
+        # fails to import (one too new for this uvicorn) is an error to see.
+        if missing.name != "uvicorn_worker":
+            raise
+        from uvicorn.workers import UvicornWorker as _UvicornWorker
 
 __all__ = ["UvicornWorker"]
 

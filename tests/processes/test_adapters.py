@@ -147,6 +147,43 @@ def test_uvicorn_outside_start_server_is_a_clear_error() -> None:
     assert result.stderr.startswith("server_starter.uvicorn: no environment variable")
 
 
+def test_uvicorn_worker_builds_on_the_uvicorn_worker_package_and_else_on_uvicorns() -> None:
+    """Where the uvicorn-worker package is installed (this venv) the worker
+    class builds on it, and importing it warns of nothing; where it is not
+    (its import made to fail), on uvicorn.workers, whose DeprecationWarning
+    is left for the user to see."""
+    import subprocess
+
+    show_base = (
+        "import server_starter.uvicorn_worker as w; print(w.UvicornWorker.__bases__[0].__module__)"
+    )
+    installed = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", show_base],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout.split(".")[0] == "uvicorn_worker", installed.stdout
+    absent = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "always::DeprecationWarning",
+            "-c",
+            f"import sys; sys.modules['uvicorn_worker'] = None; {show_base}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert absent.returncode == 0, absent.stderr
+    assert absent.stdout == "uvicorn.workers\n"
+    assert "The `uvicorn.workers` module is deprecated" in absent.stderr
+
+
 def _get(sock: socket.socket) -> tuple[int, bool]:
     """A GET of "/" on a kept-alive connection: (generation, closes after)."""
     sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
