@@ -60,22 +60,17 @@ from typing import Any
 # The tests' harness: real processes, proxies and wrk (the development venv
 # has tests/ on its path).
 from harness import proxies
-from harness.support import (
-    APPS,
-    EXAMPLE_APP,
-    GUNICORN_UVICORN,
+from harness.apps import APPS, EXAMPLE_APP, GUNICORN_UVICORN, UVICORN_APP, aiohttp_app
+from harness.debs import build_debs
+from harness.http_clients import http_get
+from harness.load import reloading, run_ab
+from harness.processes import (
     PERL_START_SERVER,
     START_SERVER,
-    UVICORN_APP,
     Daemon,
-    aiohttp_app,
-    build_debs,
     free_port,
-    http_get,
     process_figures,
-    reloading,
     reloads_done,
-    run_ab,
     worker_env,
 )
 

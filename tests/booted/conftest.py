@@ -27,7 +27,7 @@ import pytest
 
 from harness.debs import build_all
 from harness.machine import SUITES, Machine, booted
-from harness.support import ROOT
+from harness.processes import ROOT
 
 HERE = Path(__file__).parent
 

@@ -17,10 +17,13 @@ from pathlib import Path
 import pytest
 
 from harness import proxies
+from harness.apps import readme_blocks
 from harness.debs import UPGRADE, VERSION, deb
 from harness.fleet import ANSIBLE_PLAYBOOK, Fleet, Host, Run, fleet
+from harness.http_clients import http_get
+from harness.load import aborted_on_close
 from harness.machine import SUITES
-from harness.support import aborted_on_close, http_get, readme_blocks, report
+from harness.reporting import report
 
 # The marks of every booted test are conftest.py's; these are this file's own.
 pytestmark = [

@@ -14,8 +14,9 @@ import pytest
 
 from harness.app_service import install_app, say, unit_state
 from harness.go_recipe import GO, build_go_recipe, go_page_blocks
+from harness.http_clients import http_get
 from harness.machine import Machine
-from harness.support import free_port, http_get
+from harness.processes import free_port
 
 pytestmark = pytest.mark.skipif(GO is None, reason="Go missing (Debian's golang-go: make deps)")
 

@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 
 from harness.debs import VERSION, deb
+from harness.http_clients import http_get
 from harness.machine import SUITES, Machine, booted
-from harness.support import free_port, http_get, report
+from harness.processes import free_port
+from harness.reporting import report
 
 PORT = 8080  # app.socket's ListenStream=
 EXAMPLE = "/usr/share/doc/server-starter/examples/app.service.d/metrics.conf"

@@ -18,10 +18,8 @@ from harness.app_service import (
     say,
 )
 from harness.debs import VERSION
+from harness.http_clients import http_get
 from harness.machine import Machine
-from harness.support import (
-    http_get,
-)
 
 
 def test_packages_are_lintian_clean(

@@ -8,10 +8,8 @@ from harness.app_service import (
     PORT,
     apt_get,
 )
+from harness.http_clients import http_get
 from harness.machine import Machine
-from harness.support import (
-    http_get,
-)
 
 
 def test_purge_leaves_nothing_and_gives_start_server_back(machine: Machine) -> None:

@@ -22,9 +22,7 @@ from harness.app_service import (
     say,
 )
 from harness.machine import Machine
-from harness.support import (
-    ROOT,
-)
+from harness.processes import ROOT
 
 
 def test_stop_completes_requests_in_flight(machine: Machine) -> None:

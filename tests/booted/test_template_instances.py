@@ -11,11 +11,9 @@ from harness.app_service import (
     Ab,
     say,
 )
+from harness.apps import readme_blocks
+from harness.http_clients import http_get
 from harness.machine import Machine
-from harness.support import (
-    http_get,
-    readme_blocks,
-)
 
 INSTANCES = {"one": 8091, "two": 8092}
 

@@ -19,10 +19,8 @@ from harness.app_service import (
     say,
 )
 from harness.debs import FLAT, UPGRADE, VERSION
+from harness.http_clients import http_get
 from harness.machine import Machine
-from harness.support import (
-    http_get,
-)
 
 
 def test_apt_upgrade_of_server_starter_upgrades_the_superdaemon_in_place(

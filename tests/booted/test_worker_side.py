@@ -15,15 +15,10 @@ from harness.app_service import (
     installed_version,
     say,
 )
+from harness.apps import keep_alive_servers, readme_blocks
+from harness.http_clients import http_get
+from harness.load import KeepAliveLoad, reloading, run_ab
 from harness.machine import Machine
-from harness.support import (
-    KeepAliveLoad,
-    http_get,
-    keep_alive_servers,
-    readme_blocks,
-    reloading,
-    run_ab,
-)
 from server_starter.uvicorn_drain import MINIMUM_UVICORN
 
 GUNICORN_PORT = 8081

@@ -12,8 +12,11 @@ import subprocess
 import time
 from typing import Any
 
+from harness.http_clients import http_get
+from harness.load import ab_figures
 from harness.machine import Machine, reference_service
-from harness.support import ROOT, ab_figures, http_get, report
+from harness.processes import ROOT
+from harness.reporting import report
 
 PORT = 8080  # app.socket's ListenStream=
 

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from harness.machine import SUITES, prepare
-from harness.support import ROOT, build_debs
+from harness.processes import ROOT
 
 VERSION = subprocess.run(
     ["dpkg-parsechangelog", "-l", str(ROOT / "packaging/debian/changelog"), "-S", "Version"],
@@ -22,6 +22,21 @@ UPGRADE = f"{VERSION}+upgrade1"
 # folder: installed versions of it must upgrade in place to today's.
 FLAT_LAYOUT_COMMIT = "d4593bc868f65070255699bf9a017f059c7f1256"
 FLAT = f"{VERSION}~flat"  # sorts before VERSION
+
+
+def build_debs(out: Path, version: str | None = None) -> list[Path]:
+    """Build our .debs into ``out`` (the version in the changelog, unless given)."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "build-deb.sh"), *([version] if version else [])],
+        env={**os.environ, "DIST_DIR": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"building the packages failed:\n{result.stderr[-3000:]}")
+    return sorted(out.glob(f"*_{version}_all.deb" if version else "*.deb"))
 
 
 def build_all(out: Path) -> None:

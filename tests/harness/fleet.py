@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.machine import Machine, Suite
-from harness.support import ROOT
+from harness.processes import ROOT
 
 SSH_PORT = 2222  # not 22: the host may run its own sshd on every address
 APP_PORT = 8080

@@ -9,7 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from harness.support import README_BLOCK, ROOT
+from harness.apps import README_BLOCK
+from harness.processes import ROOT
 
 PAGE = ROOT / "docs" / "go.md"
 GO = shutil.which("go")

@@ -12,7 +12,7 @@ import jinja2
 import pytest
 import yaml
 
-from harness.support import readme_blocks
+from harness.apps import readme_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "ansible" / "roles" / "server_starter"

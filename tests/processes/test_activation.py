@@ -11,19 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    EXAMPLE_APP,
-    REPORTER,
-    START_SERVER,
-    Daemon,
-    free_port,
-    generation_of,
-    http_get,
-    running,
-    serving,
-    wait_for_reports,
-    worker_env,
-)
+from harness.apps import EXAMPLE_APP, REPORTER, wait_for_reports
+from harness.http_clients import generation_of, http_get
+from harness.processes import START_SERVER, Daemon, free_port, running, serving, worker_env
 
 ACTIVATE = shutil.which("systemd-socket-activate")
 pytestmark = pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate not installed")

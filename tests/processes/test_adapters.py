@@ -16,17 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    APPS,
-    KEEP_ALIVE_SERVERS,
-    START_SERVER,
-    UVICORN_APP,
-    free_port,
-    generation_of,
-    restart,
-    running,
-    worker_env,
-)
+from harness.apps import APPS, KEEP_ALIVE_SERVERS, UVICORN_APP
+from harness.http_clients import generation_of
+from harness.processes import START_SERVER, free_port, restart, running, worker_env
 
 
 def _line_request(port: int, result: list[bytes], in_flight: threading.Event) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import ROOT
+from harness.processes import ROOT
 
 pytestmark = pytest.mark.load
 

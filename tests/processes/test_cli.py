@@ -13,18 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    EXAMPLE_APP,
+from harness.apps import EXAMPLE_APP, REPORTER, wait_for_reports
+from harness.http_clients import generation_of
+from harness.processes import (
     PERL_START_SERVER,
-    REPORTER,
     START_SERVER,
     free_port,
-    generation_of,
     run_start_server,
     running,
     serving,
     wait_for_file,
-    wait_for_reports,
     worker_env,
 )
 

@@ -10,18 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    APPS,
-    ROOT,
-    START_SERVER,
-    free_port,
-    reloading,
-    report,
-    restart,
-    run_ab,
-    running,
-    worker_env,
-)
+from harness.apps import APPS
+from harness.load import reloading, run_ab
+from harness.processes import ROOT, START_SERVER, free_port, restart, running, worker_env
+from harness.reporting import report
 
 WORKERS = ROOT / "tests" / "workers"
 REQUESTS = 50_000

@@ -12,17 +12,15 @@ from typing import Any
 
 import pytest
 
-from harness.support import (
+from harness.apps import REPORTER, signals_received, wait_for_reports
+from harness.processes import (
     PERL_START_SERVER,
-    REPORTER,
     START_SERVER,
     free_port,
     pid_alive,
     running,
     serving,
-    signals_received,
     wait_for_file,
-    wait_for_reports,
     worker_env,
 )
 

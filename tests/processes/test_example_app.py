@@ -10,14 +10,9 @@ import subprocess
 import threading
 import time
 
-from harness.support import (
-    EXAMPLE_APP,
-    children,
-    http_get,
-    pid_alive,
-    serving,
-    worker_env,
-)
+from harness.apps import EXAMPLE_APP
+from harness.http_clients import http_get
+from harness.processes import children, pid_alive, serving, worker_env
 
 
 def raw_request(port: int, request: bytes) -> bytes:

@@ -22,18 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    EXAMPLE_APP,
+from harness.apps import EXAMPLE_APP
+from harness.http_clients import generation_of, http_get
+from harness.load import Load
+from harness.notify_socket import FakeManager
+from harness.processes import (
     ROOT,
     START_SERVER,
-    FakeManager,
-    Load,
     children,
     free_port,
-    generation_of,
-    http_get,
     pid_alive,
-    report,
     restart,
     run_start_server,
     running,
@@ -41,6 +39,7 @@ from harness.support import (
     wait_for_file,
     worker_env,
 )
+from harness.reporting import report
 
 CLOSES_LISTENER = [sys.executable, str(ROOT / "tests" / "workers" / "closes_listener.py")]
 NOISE = ROOT / "tests" / "workers" / "noise.py"

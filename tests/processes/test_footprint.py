@@ -10,15 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    EXAMPLE_APP,
-    PERL_START_SERVER,
-    ROOT,
-    START_SERVER,
-    process_figures,
-    report,
-    serving,
-)
+from harness.apps import EXAMPLE_APP
+from harness.processes import PERL_START_SERVER, ROOT, START_SERVER, process_figures, serving
+from harness.reporting import report
 
 IDLE_WINDOW = 5.0  # seconds of observation; the assertion is a count, not a duration
 

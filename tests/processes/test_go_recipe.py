@@ -16,16 +16,9 @@ from pathlib import Path
 import pytest
 
 from harness.go_recipe import GO, PAGE, build_go_recipe, go_page_blocks
-from harness.support import (
-    KeepAliveLoad,
-    free_port,
-    reloading,
-    reloads_done,
-    report,
-    run_ab,
-    running,
-    worker_env,
-)
+from harness.load import KeepAliveLoad, reloading, run_ab
+from harness.processes import free_port, reloads_done, running, worker_env
+from harness.reporting import report
 
 pytestmark = pytest.mark.skipif(GO is None, reason="Go missing (Debian's golang-go: make deps)")
 

@@ -11,18 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    ROOT,
-    START_SERVER,
-    Daemon,
-    Load,
-    free_port,
-    generation_of,
-    http_get,
-    restart,
-    running,
-    worker_env,
-)
+from harness.http_clients import generation_of, http_get
+from harness.load import Load
+from harness.processes import ROOT, START_SERVER, Daemon, free_port, restart, running, worker_env
 
 APPS = ROOT / "tests" / "apps"
 PYTHONS = {

@@ -19,18 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    START_SERVER,
-    Daemon,
-    Load,
-    free_port,
-    generation_of,
-    http_get,
-    report,
-    restart,
-    running,
-    worker_env,
-)
+from harness.http_clients import generation_of, http_get
+from harness.load import Load
+from harness.processes import START_SERVER, Daemon, free_port, restart, running, worker_env
+from harness.reporting import report
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MIB = 1 << 20

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import START_SERVER, free_port, running, wait_for_file, worker_env
+from harness.processes import START_SERVER, free_port, running, wait_for_file, worker_env
 from server_starter import listener
 from server_starter.contract import PortVariableError
 

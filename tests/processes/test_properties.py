@@ -17,13 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.support import (
-    EXAMPLE_APP,
-    Daemon,
-    generation_of,
-    run_start_server,
-    serving,
-)
+from harness.apps import EXAMPLE_APP
+from harness.http_clients import generation_of
+from harness.processes import Daemon, run_start_server, serving
 from server_starter import listener
 from server_starter.contract import PortVariableError, parse_notify
 from server_starter.superdaemon.control import MAX_REQUEST

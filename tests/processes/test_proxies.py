@@ -35,22 +35,17 @@ from pathlib import Path
 import pytest
 
 from harness import proxies
-from harness.support import (
+from harness.apps import (
     APPS,
     DEBIAN_PYTHON,
     EXAMPLE_APP,
     GUNICORN_UVICORN,
-    ROOT,
     UVICORN_APP,
-    Daemon,
     aiohttp_app,
-    reloading,
-    reloads_done,
-    report,
-    retiring_lifetimes,
-    serving,
-    worker_env,
 )
+from harness.load import reloading
+from harness.processes import ROOT, Daemon, reloads_done, retiring_lifetimes, serving, worker_env
+from harness.reporting import report
 
 pytestmark = [
     pytest.mark.load,

@@ -20,21 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    APPS,
-    START_SERVER,
-    KeepAliveLoad,
-    aborted_on_close,
-    free_port,
-    http_get,
-    readme_blocks,
-    reloading,
-    reloads_done,
-    restart,
-    run_ab,
-    running,
-    worker_env,
-)
+from harness.apps import APPS, readme_blocks
+from harness.http_clients import http_get
+from harness.load import KeepAliveLoad, aborted_on_close, reloading, run_ab
+from harness.processes import START_SERVER, free_port, reloads_done, restart, running, worker_env
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKS = readme_blocks()

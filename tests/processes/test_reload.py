@@ -7,19 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    EXAMPLE_APP,
-    ROOT,
-    START_SERVER,
-    Load,
-    free_port,
-    generation_of,
-    http_get,
-    restart,
-    running,
-    serving,
-    worker_env,
-)
+from harness.apps import EXAMPLE_APP
+from harness.http_clients import generation_of, http_get
+from harness.load import Load
+from harness.processes import ROOT, START_SERVER, free_port, restart, running, serving, worker_env
 
 
 @pytest.mark.load

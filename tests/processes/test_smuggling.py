@@ -16,8 +16,9 @@ from typing import NamedTuple
 
 import pytest
 
+from harness.apps import EXAMPLE_APP
 from harness.malformed import ACCEPTED, HOST, MAX_BODY, REFUSED, SMUGGLED, Case
-from harness.support import EXAMPLE_APP, serving, worker_env
+from harness.processes import serving, worker_env
 
 # Behind a control: valid too, and the last, so that the app closes after it.
 LAST = b"GET /smuggled HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n"

@@ -15,14 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    EXAMPLE_APP,
-    UVICORN_APP,
-    Load,
-    process_figures,
-    report,
-    serving,
-)
+from harness.apps import EXAMPLE_APP, UVICORN_APP
+from harness.load import Load
+from harness.processes import process_figures, serving
+from harness.reporting import report
 from server_starter.superdaemon.control import request
 
 RELOADS = int(os.environ.get("SOAK_RELOADS", "100"))

@@ -12,17 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    APPS,
-    EXAMPLE_APP,
-    REPORTER,
+from harness.apps import APPS, EXAMPLE_APP, REPORTER, wait_for_reports
+from harness.processes import (
     START_SERVER,
     Terminal,
     free_port,
     pid_alive,
     run_start_server,
     serving,
-    wait_for_reports,
     worker_env,
 )
 

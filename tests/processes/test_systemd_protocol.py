@@ -8,16 +8,9 @@ import os
 import signal
 from pathlib import Path
 
-from harness.support import (
-    REPORTER,
-    START_SERVER,
-    FakeManager,
-    free_port,
-    run_start_server,
-    running,
-    wait_for_reports,
-    worker_env,
-)
+from harness.apps import REPORTER, wait_for_reports
+from harness.notify_socket import FakeManager
+from harness.processes import START_SERVER, free_port, run_start_server, running, worker_env
 
 
 def test_notify_protocol_and_reload_through_runtime_directory(tmp_path: Path) -> None:

@@ -14,21 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
-    EXAMPLE_APP,
+from harness.apps import EXAMPLE_APP
+from harness.http_clients import generation_of, http_get
+from harness.load import run_ab
+from harness.processes import (
     ROOT,
     START_SERVER,
     free_port,
-    generation_of,
-    http_get,
     process_figures,
-    report,
-    run_ab,
     run_start_server,
     running,
     serving,
     worker_env,
 )
+from harness.reporting import report
 
 
 def upgrade(pid_file: Path) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
+from harness.processes import (
     PERL_START_SERVER,
     ROOT,
     START_SERVER,

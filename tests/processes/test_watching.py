@@ -17,20 +17,19 @@ import jsonschema
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.support import (
-    APPS,
-    EXAMPLE_APP,
+from harness.apps import APPS, EXAMPLE_APP
+from harness.http_clients import generation_of
+from harness.load import run_ab
+from harness.processes import (
     ROOT,
     START_SERVER,
     free_port,
-    generation_of,
-    report,
     restart,
-    run_ab,
     run_start_server,
     running,
     worker_env,
 )
+from harness.reporting import report
 
 REQUESTS = 60_000  # about 5 s here: longer than the probation
 GIVES_UP = [sys.executable, str(ROOT / "tests" / "workers" / "gives_up.py")]

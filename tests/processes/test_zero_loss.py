@@ -25,26 +25,19 @@ from pathlib import Path
 
 import pytest
 
-from harness.support import (
+from harness.apps import (
     APPS,
     DEBIAN_PYTHON,
     EXAMPLE_APP,
     GUNICORN_UVICORN,
     KEEP_ALIVE_SERVERS,
-    ROOT,
     UVICORN_APP,
-    Daemon,
-    KeepAliveLoad,
-    aborted_on_close,
     aiohttp_app,
-    generation_of,
-    reloading,
-    reloads_done,
-    report,
-    run_ab,
-    serving,
-    worker_env,
 )
+from harness.http_clients import generation_of
+from harness.load import KeepAliveLoad, aborted_on_close, reloading, run_ab
+from harness.processes import ROOT, Daemon, reloads_done, serving, worker_env
+from harness.reporting import report
 
 pytestmark = pytest.mark.load
 
