@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from harness.app_service import install_app, say, unit_state
-from harness.go_recipe import GO, build_go_recipe, go_page_blocks
+from harness.apps import readme_blocks
+from harness.go_recipe import GO, build_go_recipe
 from harness.http_clients import http_get
 from harness.machine import Machine
 from harness.processes import free_port
@@ -57,7 +58,7 @@ def test_the_go_recipe_under_the_shipped_units(
     installed = Path(f"/proc/{machine.leader}/root{BINARY}")  # the host's way in
     shutil.copyfile(go_binary, installed)
     installed.chmod(0o755)
-    install_app(machine, UNIT, [f"127.0.0.1:{port}"], unit_lines=go_page_blocks()["go-unit-lines"])
+    install_app(machine, UNIT, [f"127.0.0.1:{port}"], unit_lines=readme_blocks()["go-unit-lines"])
     try:
         assert BINARY in machine.show(UNIT, "ExecStart")
         # The start job ends when the superdaemon has heard the worker's

@@ -72,7 +72,7 @@ def keep_alive_servers(
 
 
 UVICORN_APP = uvicorn_app()
-# gunicorn (Debian's, through the venv's system site-packages).
+# The venv's gunicorn: PyPI's, which uvicorn-worker brings over Debian's 20.1.
 GUNICORN_UVICORN = gunicorn_uvicorn()
 KEEP_ALIVE_SERVERS = keep_alive_servers()
 
@@ -80,12 +80,26 @@ KEEP_ALIVE_SERVERS = keep_alive_servers()
 README_BLOCK = re.compile(r"^<!-- readme-test: ([\w-]+) -->\n```(\w*)\n(.*?)^```$", re.M | re.S)
 
 
+def documentation_pages() -> list[Path]:
+    """The README and the pages it links to."""
+    docs = sorted((ROOT / "docs").glob("*.md"))
+    return [ROOT / "README.md", *docs, ROOT / "ansible" / "README.md"]
+
+
 def readme_blocks() -> dict[str, str]:
-    """The README's fenced blocks marked ``<!-- readme-test: NAME -->``, by
-    name, verbatim: what the tests run as the README shows it."""
-    text = (ROOT / "README.md").read_text()
-    blocks = {name: body for name, _, body in README_BLOCK.findall(text)}
-    assert len(blocks) == text.count("<!-- readme-test:"), "a marker not followed by a block"
+    """The fenced blocks marked ``<!-- readme-test: NAME -->`` in the README
+    and its pages, by name, verbatim: what the tests run as the
+    documentation shows it.  A name may mark the same block on two pages
+    (a README section repeats its page's command), never two different
+    blocks."""
+    blocks: dict[str, str] = {}
+    for page in documentation_pages():
+        text = page.read_text()
+        found = README_BLOCK.findall(text)
+        markers = text.count("<!-- readme-test:")
+        assert len(found) == markers, f"{page.name}: a marker without a block"
+        for name, _, body in found:
+            assert blocks.setdefault(name, body) == body, f"{name}: two different blocks"
     return blocks
 
 

@@ -9,19 +9,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from harness.apps import README_BLOCK
-from harness.processes import ROOT
+from harness.apps import readme_blocks
 
-PAGE = ROOT / "docs" / "go.md"
 GO = shutil.which("go")
-
-
-def go_page_blocks() -> dict[str, str]:
-    """docs/go.md's fenced blocks marked ``<!-- readme-test: NAME -->``, by name."""
-    text = PAGE.read_text()
-    blocks = {name: body for name, _, body in README_BLOCK.findall(text)}
-    assert len(blocks) == text.count("<!-- readme-test:"), "a marker not followed by a block"
-    return blocks
 
 
 # The binary built from each program text: both layers' tests use one build
@@ -33,7 +23,7 @@ def build_go_recipe(directory: Path) -> Path:
     """Save the page's program as main.go in ``directory``, run the page's
     build commands there and return the binary they make; the binary of an
     earlier call, in its own directory, if the program is the same."""
-    blocks = go_page_blocks()
+    blocks = readme_blocks()
     earlier = _BUILT.get(blocks["go-app"])
     if earlier is not None and earlier.is_file():
         return earlier

@@ -7,13 +7,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from harness.apps import documentation_pages
 from server_starter.superdaemon.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 MAN_PAGE = ROOT / "packaging" / "debian" / "start_server.1"
 README = ROOT / "README.md"
-# The README and the pages it links to.
-PAGES = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "ansible" / "README.md"]
+PAGES = documentation_pages()
 LINK = re.compile(r"\]\(([^()\s]+)\)")
 FENCED = re.compile(r"^```.*?^```$", re.M | re.S)
 

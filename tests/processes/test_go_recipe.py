@@ -15,14 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.go_recipe import GO, PAGE, build_go_recipe, go_page_blocks
+from harness.apps import readme_blocks
+from harness.go_recipe import GO, build_go_recipe
 from harness.load import KeepAliveLoad, reloading, run_ab
 from harness.processes import free_port, reloads_done, running, worker_env
 from harness.reporting import report
 
 pytestmark = pytest.mark.skipif(GO is None, reason="Go missing (Debian's golang-go: make deps)")
 
-BLOCKS = go_page_blocks()
+BLOCKS = readme_blocks()
 REQUESTS = 20_000
 CONCURRENCY = 200
 RELOAD_EVERY = 0.4  # seconds
@@ -39,16 +40,6 @@ def as_a_user_runs_it() -> dict[str, str]:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The directory of main.go and the binary the page's commands built."""
     return build_go_recipe(tmp_path_factory.mktemp("go-recipe")).parent
-
-
-def test_every_fenced_block_of_the_page_is_marked_but_the_package_snippet() -> None:
-    text = PAGE.read_text()
-    fenced = re.findall(r"^```(\w*)\n.*?^```$", text, re.M | re.S)
-    assert set(BLOCKS) == {"go-app", "go-build", "go-run", "go-reload", "go-unit-lines"}
-    # The one unmarked block: lestrrat-go's listener, which Debian does not
-    # package and these tests' machines cannot fetch.
-    assert len(fenced) - len(BLOCKS) == 1
-    assert "listener.ListenAll()" in text
 
 
 def test_the_program_refuses_to_run_outside_start_server(built: Path) -> None:
