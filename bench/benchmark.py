@@ -7,7 +7,7 @@ Scenarios (see docs/measurements.md, "Benchmark"):
    "Hello, ", flushes, sleeps 100 ms, writes the rest) while a reload is
    requested every second: our start_server, Perl's start_server 0.35, and
    the same app under ours with no reload at all (the baseline); the
-   README's asyncio recipe (CPython's loop) under ours, stopping with
+   asyncio recipe of docs/python.md (CPython's loop) under ours, stopping with
    drain() and with close() then wait; then an ASGI app's /pause (100 ms):
    the uvicorn adapter under ours, and gunicorn with our UvicornWorker and
    with uvicorn's, each reloaded by its own HUP.

@@ -4,9 +4,10 @@ the supervisor's status rendered as the Prometheus text format for
 only when one is asked for: the resident superdaemon does without it.)
 
 The status itself is one JSON-serialisable object, built by
-``Supervisor.status()``; its schema is the README's ("Watching it") and
-stays stable: fields may be added, none renamed or removed.  Every time in
-it is Unix seconds; durations are seconds.
+``Supervisor.status()``; its schema is docs/status.schema.json (each
+field explained in docs/watching.md) and stays stable: fields may be
+added, none renamed or removed.  Every time in it is Unix seconds;
+durations are seconds.
 """
 
 from __future__ import annotations

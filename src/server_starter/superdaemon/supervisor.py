@@ -183,7 +183,7 @@ class State(enum.Enum):
 
 
 # A reload's outcomes, and why a worker exited, as --status and the metrics
-# count them (the README's "Watching it" says what each means).
+# count them (docs/watching.md says what each means).
 SUCCEEDED, FAILED, IN_PROGRESS = "succeeded", "failed", "in_progress"
 OUTCOMES = (SUCCEEDED, FAILED)
 EXIT_REASONS = (
@@ -1034,7 +1034,7 @@ class Supervisor:
 
     def status(self) -> Status:
         """The status as plain data, times in Unix seconds (the schema is
-        report.py's and the README's)."""
+        report.py's and docs/status.schema.json)."""
         now = self.host.now()
         offset = self.host.wall_clock() - now
 
