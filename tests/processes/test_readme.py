@@ -89,7 +89,10 @@ def as_a_user_runs_it() -> dict[str, str]:
 
 def test_the_quick_start_as_written() -> None:
     """`make demo` in one terminal; curl, reload, curl in a second; Ctrl-C."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
+    # A person's shell: no socket activation, and not inside another make
+    # (whose variables would make this one print its directory on exit).
+    inherited = ("LISTEN_", "NOTIFY_", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKE_TERM")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
     # Daemon: its own process group (as a terminal's job), its output read
     # as it comes.
     with running(["sh", "-c", BLOCKS["quick-start-serve"]], env=env, cwd=ROOT) as demo:
