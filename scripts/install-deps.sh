@@ -5,7 +5,7 @@
 #
 #   scripts/install-deps.sh demo    the demo alone: python3, its venv, curl
 #   scripts/install-deps.sh         everything the tests and `make deb` need
-#   scripts/install-deps.sh bench   that, and what `make bench` adds
+#   scripts/install-deps.sh bench   the same: `make bench` needs nothing more
 set -eu
 WHAT="${1:-test}"
 
