@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from harness.apps import readme_blocks
+from harness.processes import run_shell
 
 GO = shutil.which("go")
 
@@ -36,15 +36,7 @@ def build_go_recipe(directory: Path) -> Path:
         "GOTOOLCHAIN": "local",  # a newer Go must not download another toolchain
         "GOFLAGS": "",
     }
-    built = subprocess.run(
-        ["sh", "-ec", blocks["go-build"]],
-        cwd=directory,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    built = run_shell(blocks["go-build"], directory, env, timeout=600)
     assert built.returncode == 0, built.stdout + built.stderr
     binary = directory / "myapp"
     assert binary.is_file(), "the build commands made no ./myapp"

@@ -49,6 +49,30 @@ def worker_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def as_a_user_runs_it() -> dict[str, str]:
+    """The environment of a user who has activated the project's venv: a
+    shell whose PATH finds this checkout's start_server first."""
+    env = worker_env()
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    return env
+
+
+def run_shell(
+    block: str, cwd: Path | str, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """A documented shell block run as written (``sh -e``: the first command
+    that fails ends it), its output captured."""
+    return subprocess.run(
+        ["sh", "-ec", block],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class Daemon:
     """A start_server process in its own session, its output collected by a
     reader thread so tests can wait for a line instead of sleeping."""

@@ -4,6 +4,7 @@ between the README and its pages reaches a file and a heading that exist."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@functools.cache  # a page is linked to many times: read it once
 def anchors(page: Path) -> set[str]:
     text = FENCED.sub("", page.read_text())
     return {anchor(heading) for heading in re.findall(r"^#+ (.+)$", text, re.M)}

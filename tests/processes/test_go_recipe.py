@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,14 @@ import pytest
 from harness.apps import readme_blocks
 from harness.go_recipe import GO, build_go_recipe
 from harness.load import KeepAliveLoad, reloading, run_ab
-from harness.processes import free_port, reloads_done, running, worker_env
+from harness.processes import (
+    as_a_user_runs_it,
+    free_port,
+    reloads_done,
+    run_shell,
+    running,
+    worker_env,
+)
 from harness.reporting import report
 
 pytestmark = pytest.mark.skipif(GO is None, reason="Go missing (Debian's golang-go: make deps)")
@@ -27,13 +33,6 @@ BLOCKS = readme_blocks()
 REQUESTS = 20_000
 CONCURRENCY = 200
 RELOAD_EVERY = 0.4  # seconds
-
-
-def as_a_user_runs_it() -> dict[str, str]:
-    """A shell whose PATH finds this checkout's start_server first."""
-    env = worker_env()
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -64,17 +63,7 @@ def test_the_go_recipe_reloads_under_load_without_a_failure(
     answers: list[subprocess.CompletedProcess[str]] = []
 
     def reload_as_written() -> None:
-        answers.append(
-            subprocess.run(
-                ["sh", "-c", reload],
-                cwd=built,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-        )
+        answers.append(run_shell(reload, built, env, timeout=60))
 
     with running(["sh", "-c", f"exec {serve}"], env=env, cwd=built) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)", timeout=30)

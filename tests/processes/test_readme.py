@@ -24,7 +24,16 @@ import pytest
 from harness.apps import APPS, documentation_pages, readme_blocks
 from harness.http_clients import http_get
 from harness.load import KeepAliveLoad, aborted_on_close, reloading, run_ab
-from harness.processes import START_SERVER, free_port, reloads_done, restart, running, worker_env
+from harness.processes import (
+    START_SERVER,
+    as_a_user_runs_it,
+    free_port,
+    reloads_done,
+    restart,
+    run_shell,
+    running,
+    worker_env,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKS = readme_blocks()
@@ -80,13 +89,6 @@ def commands_of(block: str) -> list[str]:
     return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
-def as_a_user_runs_it() -> dict[str, str]:
-    """The environment of a user who has activated the project's venv."""
-    env = worker_env()
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
-    return env
-
-
 def test_the_quick_start_as_written() -> None:
     """`make demo` in one terminal; curl, reload, curl in a second; Ctrl-C."""
     # A person's shell: no socket activation, and not inside another make
@@ -98,15 +100,7 @@ def test_the_quick_start_as_written() -> None:
     with running(["sh", "-c", BLOCKS["quick-start-serve"]], env=env, cwd=ROOT) as demo:
         try:
             demo.wait_for(r"\(generation 1\) is ready", timeout=120)
-            second = subprocess.run(
-                ["sh", "-ec", BLOCKS["quick-start-reload"]],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
+            second = run_shell(BLOCKS["quick-start-reload"], ROOT, env, timeout=60)
         finally:
             os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C sends the terminal's job
         demo.wait(60)
