@@ -12,6 +12,26 @@ imports neither.
   ``READY=1`` never reaches PID 1.  The superdaemon speaks the same protocol
   to systemd.
 - ``LISTEN_FDS`` descriptors start at 3 (sd_listen_fds(3)).
+
+A rolling reload (``--max-surge=K``), for a generation of several worker
+processes under one main process (gunicorn's arbiter, the example app's
+parent), which takes part by three things:
+
+- it reports its workers, from its main process, in a notify datagram
+  whenever one of the counts changes (with its ``READY=1`` first):
+  ``X_SERVER_STARTER_WORKERS=READY/TARGET/FULL``: workers booted and not
+  exited (one that drains counts until it exits), the number it keeps
+  running now, and the number it runs when whole (gunicorn's ``-w``);
+- it answers SIGTTIN with one more worker and SIGTTOU with one fewer (the
+  oldest, stopped gracefully: it finishes its requests), never fewer than
+  one, as gunicorn's and unicorn's masters do;
+- when ``SERVER_STARTER_START_WORKERS=K`` is set, it starts K workers
+  instead of FULL (its ``READY=1`` then means K are ready) and is grown to
+  FULL by SIGTTIN.
+
+The superdaemon sets that variable only for a reload whose serving
+generation reports its workers; a program that reports none gets the
+whole generation's overlap.
 """
 
 from __future__ import annotations
@@ -24,6 +44,8 @@ from collections.abc import Iterable, Mapping
 PORT_VARIABLE = "SERVER_STARTER_PORT"
 GENERATION_VARIABLE = "SERVER_STARTER_GENERATION"
 SD_LISTEN_FDS_START = 3
+WORKERS_FIELD = "X_SERVER_STARTER_WORKERS"
+START_WORKERS_VARIABLE = "SERVER_STARTER_START_WORKERS"
 
 
 class PortVariableError(ValueError):
@@ -146,3 +168,40 @@ def parse_notify(payload: bytes) -> dict[str, str]:
         if sep and key:
             fields[key] = value
     return fields
+
+
+class WorkerCount:
+    """A generation's ``X_SERVER_STARTER_WORKERS``: ready, target, full."""
+
+    __slots__ = ("full", "ready", "target")
+
+    def __init__(self, ready: int, target: int, full: int) -> None:
+        self.ready, self.target, self.full = ready, target, full
+
+    def __str__(self) -> str:
+        return f"{self.ready}/{self.target}/{self.full}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WorkerCount) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    @classmethod
+    def parse(cls, value: str) -> WorkerCount | None:
+        """The field's value; None if it is not three counts (full at least one)."""
+        parts = value.split("/")
+        if len(parts) != 3 or not all(part.isdigit() for part in parts):
+            return None
+        ready, target, full = (int(part) for part in parts)
+        return cls(ready, target, full) if full >= 1 else None
+
+
+def start_workers(full: int, environ: Mapping[str, str] | None = None) -> int:
+    """How many workers a generation whose whole is ``full`` starts with:
+    ``SERVER_STARTER_START_WORKERS`` during a rolling reload, else ``full``."""
+    env = os.environ if environ is None else environ
+    text = env.get(START_WORKERS_VARIABLE, "")
+    if not text.isdigit() or int(text) < 1:
+        return full
+    return min(int(text), full)

@@ -11,7 +11,11 @@
 - Readiness means the workers answer: gunicorn's own ``READY=1`` comes
   before any worker has booted, so it is withheld; this module sends
   ``READY=1`` to the generation's ``NOTIFY_SOCKET`` once as many workers as
-  configured have loaded the app (``post_worker_init``).  An app that cannot be imported
+  configured have loaded the app (``post_worker_init``).
+- It takes part in rolling reloads (``--max-surge``; the worker contract in
+  contract.py): it reports its workers (``X_SERVER_STARTER_WORKERS``) and
+  starts with ``SERVER_STARTER_START_WORKERS`` of them when told; gunicorn
+  itself answers SIGTTIN and SIGTTOU.  An app that cannot be imported
   makes its workers fail to boot, and gunicorn exits non-zero: the reload
   fails and the old generation keeps serving.
 - Nothing shared between generations: no pid file, and the control socket
@@ -20,8 +24,10 @@
   their requests within ``graceful_timeout`` (keep ``--stop-timeout`` above it).
 
 To add settings of your own, write your own config module that starts with
-``from server_starter.gunicorn import *`` (and calls ``server_starter_post_worker_init(worker)``
-and ``server_starter_when_ready(server)`` if it defines those hooks too).
+``from server_starter.gunicorn import *`` (and calls ``server_starter_when_ready``,
+``server_starter_post_worker_init``, ``server_starter_child_exit`` and
+``server_starter_nworkers_changed`` from its own hooks of those names, if it
+defines any).
 
 Works with Debian's gunicorn 20.1 and with current gunicorn from PyPI.
 """
@@ -30,15 +36,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import threading
 
 from . import contract, listener
 from .contract import SD_LISTEN_FDS_START, fd_is_open
 
 __all__ = [
+    "child_exit",
     "control_socket_disable",
+    "nworkers_changed",
     "pidfile",
     "post_worker_init",
+    "server_starter_child_exit",
+    "server_starter_nworkers_changed",
     "server_starter_post_worker_init",
     "server_starter_when_ready",
     "when_ready",
@@ -46,7 +57,7 @@ __all__ = [
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, BinaryIO
 
 
 def _fail(message: str) -> SystemExit:
@@ -80,8 +91,18 @@ def _hand_over_sockets() -> int:
     return len(fds)
 
 
-class _Readiness:
-    """Counts booted workers; READY=1 once the configured number have booted."""
+class _Workers:
+    """Counts the workers that booted and have not exited, in the arbiter:
+    ``READY=1`` once as many as it runs have booted, and from then on
+    ``X_SERVER_STARTER_WORKERS`` whenever a count changes (the worker
+    contract's rolling reload; gunicorn answers SIGTTIN and SIGTTOU itself).
+
+    Workers write ``+PID`` when booted, the arbiter ``-PID`` when one exited
+    and ``=N`` when its number of workers changed, as 5-byte records to one
+    pipe (atomic writes); one thread reads them, so the signal handlers that
+    write never wait."""
+
+    RECORD = struct.Struct("=ci")
 
     def __init__(self) -> None:
         # gunicorn must not tell the superdaemon it is ready before its
@@ -89,33 +110,59 @@ class _Readiness:
         self.notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
         self.read_end, self.write_end = os.pipe()
         os.set_blocking(self.write_end, False)
-        self.wanted = 1
+        self.full = 1
+        self.target = 1
 
-    def worker_booted(self) -> None:
-        # Once nobody counts any more, a respawned worker has nothing to add.
-        with contextlib.suppress(BlockingIOError):
-            os.write(self.write_end, b"1")
+    def record(self, kind: bytes, value: int) -> None:
+        with contextlib.suppress(BlockingIOError):  # nobody reads: nothing to add
+            os.write(self.write_end, self.RECORD.pack(kind, value))
 
-    def watch(self, wanted: int) -> None:
-        self.wanted = max(1, wanted)
-        threading.Thread(target=self._count, name="server-starter-readiness", daemon=True).start()
+    def watch(self, full: int, target: int) -> None:
+        self.full, self.target = max(1, full), max(1, target)
+        threading.Thread(target=self._count, name="server-starter-workers", daemon=True).start()
 
     def _count(self) -> None:
-        booted = 0
-        while booted < self.wanted:
-            chunk = os.read(self.read_end, self.wanted - booted)
-            if not chunk:
-                return
-            booted += len(chunk)
+        booted: set[int] = set()
+        ready_sent = False
+        reported = ""
+        with os.fdopen(self.read_end, "rb", buffering=0) as pipe:
+            while True:
+                record = _read_exactly(pipe, self.RECORD.size)
+                if record is None:
+                    return
+                kind, value = self.RECORD.unpack(record)
+                if kind == b"+":
+                    booted.add(value)
+                elif kind == b"-":
+                    booted.discard(value)
+                else:
+                    self.target = value
+                counts = f"{len(booted)}/{self.target}/{self.full}"
+                message = ""
+                if not ready_sent and len(booted) >= self.target:
+                    ready_sent = True
+                    message = f"READY=1\nSTATUS=gunicorn with {len(booted)} workers booted\n"
+                if ready_sent and counts != reported:
+                    reported = counts
+                    self._tell(f"{message}{contract.WORKERS_FIELD}={counts}")
+
+    def _tell(self, message: str) -> None:
         if self.notify_socket:
             with contextlib.suppress(OSError):  # the superdaemon is gone
-                contract.notify(
-                    f"READY=1\nSTATUS=gunicorn with {booted} workers booted", self.notify_socket
-                )
-        os.close(self.read_end)
+                contract.notify(message, self.notify_socket)
 
 
-_readiness = _Readiness()
+def _read_exactly(pipe: BinaryIO, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = pipe.read(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+_workers = _Workers()
 _hand_over_sockets()
 
 pidfile = None
@@ -123,12 +170,25 @@ control_socket_disable = True  # gunicorn >= 24; older versions ignore the name
 
 
 def server_starter_when_ready(server: Any) -> None:
-    _readiness.watch(int(server.num_workers))
+    full = int(server.num_workers)
+    # A rolling reload starts this generation small; the superdaemon grows it.
+    server.num_workers = contract.start_workers(full)
+    _workers.watch(full, int(server.num_workers))
 
 
 def server_starter_post_worker_init(worker: Any) -> None:
-    _readiness.worker_booted()
+    _workers.record(b"+", os.getpid())
+
+
+def server_starter_child_exit(server: Any, worker: Any) -> None:
+    _workers.record(b"-", int(worker.pid))
+
+
+def server_starter_nworkers_changed(server: Any, new_value: int, old_value: int | None) -> None:
+    _workers.record(b"=", int(new_value))
 
 
 when_ready = server_starter_when_ready
 post_worker_init = server_starter_post_worker_init
+child_exit = server_starter_child_exit
+nworkers_changed = server_starter_nworkers_changed

@@ -21,7 +21,8 @@ from server_starter.superdaemon.journal import EventLog
 from server_starter.superdaemon.report import metrics_text, status_table
 from server_starter.superdaemon.settings import SettingError, Settings, parse_label
 from server_starter.superdaemon.spawn import SpawnError
-from server_starter.superdaemon.supervisor import Answer, Host, State, Supervisor
+from server_starter.superdaemon.generation import State
+from server_starter.superdaemon.supervisor import Answer, Host, Supervisor
 
 TERM, KILL = signal.SIGTERM, signal.SIGKILL
 WALL_OFFSET = 1_800_000_000.0  # the fake wall clock: the monotonic one plus this
@@ -849,3 +850,215 @@ def test_metrics_labels_go_on_every_series() -> None:
 def test_a_metrics_label_that_cannot_be_is_refused(label: str, why: str) -> None:
     with pytest.raises(SettingError, match=why):
         parse_label(label)
+
+
+# -- rolling reloads (--max-surge) ---------------------------------------------------
+
+TTIN, TTOU = signal.SIGTTIN, signal.SIGTTOU
+
+
+class Pool:
+    """The worker counts of generations that take part in rolling reloads,
+    as gunicorn keeps them: a SIGTTIN raises the target at once and boots a
+    worker later, a SIGTTOU lowers it at once and the worker exits after its
+    drain.  Each step is a report to the supervisor, as the real one sends."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.counts: dict[int, list[int]] = {}  # generation: [ready, target, full]
+        self.seen = 0  # host.signals answered so far
+        self.peak_alive = 0
+        self.least_ready = 10**6
+
+    def report(self, number: int, ready: int, target: int, full: int, **fields: str) -> None:
+        self.counts[number] = [ready, target, full]
+        message = {"X_SERVER_STARTER_WORKERS": f"{ready}/{target}/{full}", **fields}
+        self.rig.supervisor.on_message(self.rig.pid(number), message)
+        self.measure()
+
+    def measure(self) -> None:
+        alive = [n for n in self.counts if self.rig.state(n) is not State.REAPED]
+        self.peak_alive = max(self.peak_alive, sum(max(*self.counts[n][:2]) for n in alive))
+        serving = sum(min(*self.counts[n][:2]) for n in alive)
+        self.least_ready = min(self.least_ready, serving)
+
+    def answer_signals(self, boot: bool = True) -> None:
+        """Answer every SIGTTIN and SIGTTOU sent, and those they lead to."""
+        by_pid = {g.pid: g.number for g in self.rig.supervisor.generations}
+        while self.seen < len(self.rig.host.signals):
+            pid, sent = self.rig.host.signals[self.seen]
+            self.seen += 1
+            number = by_pid.get(pid)
+            if number is None or sent not in (TTIN, TTOU):
+                continue
+            ready, target, full = self.counts[number]
+            if sent is TTOU:
+                self.report(number, ready, target - 1, full)
+                self.report(number, ready - 1, target - 1, full)  # drained, exited
+            else:
+                self.report(number, ready, target + 1, full)
+                if boot:
+                    self.report(number, ready + 1, target + 1, full)
+
+
+def rolling_rig(full: int = 4, surge: int = 1) -> tuple[Rig, Pool]:
+    """Generation 1 serving ``full`` workers, generation 2 ready with ``surge``."""
+    rig = Rig(require_notify=True, ready_timeout=60.0, max_surge=surge)
+    pool = Pool(rig)
+    rig.supervisor.start()
+    assert "SERVER_STARTER_START_WORKERS" not in rig.host.environs[rig.pid(1)]
+    pool.report(1, full, full, full, READY="1")
+    assert rig.state(1) is State.SERVING
+    return rig, pool
+
+
+def start_roll(rig: Rig, pool: Pool, surge: int = 1, full: int = 4) -> Answers:
+    answers = Answers()
+    rig.supervisor.on_request("reload", answers)
+    assert rig.host.environs[rig.pid(2)]["SERVER_STARTER_START_WORKERS"] == str(surge)
+    pool.report(2, surge, surge, full, READY="1")
+    assert rig.state(2) is State.ROLLING
+    return answers
+
+
+def test_a_roll_moves_the_workers_one_at_a_time_within_the_surge() -> None:
+    rig, pool = rolling_rig()
+    answers = start_roll(rig, pool)
+    assert "is ready with 1 of 4 workers (READY=1); rolling it in, 1 at a time" in rig.log
+    # The serving one gives up a worker first: 4 + 1 is the surge already.
+    assert rig.host.signals == [(rig.pid(1), TTOU)]
+    pool.answer_signals()
+    assert rig.state(2) is State.SERVING
+    assert rig.state(1) is State.DRAINING
+    ttous = [s for s in rig.host.signals if s == (rig.pid(1), TTOU)]
+    ttins = [s for s in rig.host.signals if s == (rig.pid(2), TTIN)]
+    assert (len(ttous), len(ttins)) == (3, 3)  # the old one's last worker goes with it
+    assert rig.host.signals[-1] == (rig.pid(1), TERM)
+    assert pool.peak_alive == 5  # the steady state plus --max-surge
+    assert pool.least_ready == 4  # and never fewer ready than the steady state
+    assert answers.one == (True, f"generation 2 is serving; sent TERM to worker {rig.pid(1)}")
+    assert "is ready (all 4 workers ready)" in rig.log
+    status = rig.supervisor.status()
+    assert [g["workers"] for g in status["generations"]] == [
+        {"ready": 1, "target": 1, "full": 4},
+        {"ready": 4, "target": 4, "full": 4},
+    ]
+
+
+def test_a_larger_surge_moves_more_workers_at_once() -> None:
+    rig, pool = rolling_rig(full=6, surge=2)
+    answers = start_roll(rig, pool, surge=2, full=6)
+    pool.answer_signals()
+    assert rig.state(2) is State.SERVING
+    assert pool.peak_alive <= 8
+    assert pool.least_ready >= 6
+    assert answers.one[0]
+
+
+def test_a_roll_whose_next_worker_is_never_ready_stops_and_the_old_one_grows_back() -> None:
+    rig, pool = rolling_rig()
+    answers = start_roll(rig, pool)
+    pool.answer_signals(boot=False)  # generation 2's second worker never boots
+    assert rig.host.signals[-1] == (rig.pid(2), TTIN)
+    assert rig.state(2) is State.ROLLING
+    assert rig.until_next_deadline() == 60.0
+    assert rig.state(2) is State.DRAINING
+    assert rig.host.signals[-2:] == [(rig.pid(2), TERM), (rig.pid(1), TTIN)]
+    assert "had 1 of 4 workers ready, and no more within 60s (--ready-timeout)" in rig.log
+    assert answers.got == []  # answered at its exit, with why
+    rig.exit(2)
+    ok, message = answers.one
+    assert not ok
+    assert "had 1 of 4 workers ready, and no more within 60s" in message
+    assert "the old generation keeps serving" in message
+    pool.answer_signals()
+    assert pool.counts[1] == [4, 4, 4]
+    assert rig.state(1) is State.SERVING
+    assert pool.least_ready >= 3  # one of 4 was moving: the surge's worker replaced it
+
+
+def test_a_generation_that_dies_midway_fails_the_reload_and_the_old_one_grows_back() -> None:
+    rig, pool = rolling_rig()
+    answers = start_roll(rig, pool)
+    # Step 2 of 4: the old one gave up a worker, the new one is growing to 2.
+    pool.report(1, 4, 3, 4)
+    pool.report(1, 3, 3, 4)
+    assert rig.host.signals[-1] == (rig.pid(2), TTIN)
+    rig.supervisor.on_exit(rig.pid(2), KILL.value, oom_killed=True)
+    ok, message = answers.one
+    assert not ok
+    assert "exited during its roll with 1 of 4 workers ready" in message
+    assert "by the OOM killer" in message
+    assert "the old generation keeps serving" in message
+    assert rig.host.signals[-1] == (rig.pid(1), TTIN)  # grown back, one at a time
+    pool.seen = len(rig.host.signals) - 1
+    pool.answer_signals()
+    assert pool.counts[1] == [4, 4, 4]
+    assert rig.state(1) is State.SERVING
+    assert rig.supervisor.status()["worker_exits"]["oom_killed"] == 1
+
+
+def test_a_reload_asked_during_a_roll_follows_it() -> None:
+    rig, pool = rolling_rig()
+    first = start_roll(rig, pool)
+    second = Answers()
+    rig.supervisor.on_request("reload", second)
+    assert "generation 2 is still starting; will reload again once it is ready" in rig.log
+    assert len(rig.supervisor.generations) == 2
+    pool.answer_signals()
+    assert first.one[0]
+    assert rig.state(3) is State.STARTING  # after the roll, not beside it
+    assert rig.host.environs[rig.pid(3)]["SERVER_STARTER_START_WORKERS"] == "1"
+    assert second.got == []
+
+
+def test_a_stop_during_a_roll_drains_both_generations() -> None:
+    rig, pool = rolling_rig()
+    answers = start_roll(rig, pool)
+    pool.report(1, 4, 3, 4)
+    rig.supervisor.on_signal(TERM)
+    assert rig.state(1) is State.DRAINING and rig.state(2) is State.DRAINING
+    assert answers.one == (False, "start_server is stopping")
+    sent = len(rig.host.signals)
+    pool.report(1, 3, 3, 4)  # its reports go on; no further roll step
+    assert len(rig.host.signals) == sent
+    rig.exit(1)
+    rig.exit(2)
+    assert rig.supervisor.finished
+
+
+def test_a_roll_is_handed_over_in_an_in_place_upgrade() -> None:
+    rig, pool = rolling_rig()
+    start_roll(rig, pool)
+    pool.report(1, 4, 3, 4)
+    data = json.loads(json.dumps(rig.supervisor.snapshot()))
+    other = Rig(require_notify=True, ready_timeout=60.0, max_surge=1)
+    other.supervisor.restore(data)
+    assert other.supervisor.snapshot() == rig.supervisor.snapshot()
+    assert other.state(2) is State.ROLLING
+    pool.rig = other
+    pool.seen = len(other.host.signals)
+    pool.report(1, 3, 3, 4)  # the old one's worker exits after the upgrade
+    pool.answer_signals()
+    assert other.state(2) is State.SERVING
+    assert other.state(1) is State.DRAINING
+
+
+def test_a_program_that_reports_no_workers_gets_the_whole_overlap_said_once() -> None:
+    rig = Rig(require_notify=True, max_surge=1).serving_by_notify()
+    for number in (2, 3):
+        rig.supervisor.request_reload(None, None)
+        assert "SERVER_STARTER_START_WORKERS" not in rig.host.environs[rig.pid(number)]
+        rig.ready(number)
+        assert rig.state(number) is State.SERVING
+    assert rig.log.count("reports no workers (X_SERVER_STARTER_WORKERS)") == 1
+    assert not [s for s in rig.host.signals if s[1] in (TTIN, TTOU)]
+
+
+def test_max_surge_needs_require_notify_and_a_worker_count() -> None:
+    with pytest.raises(SettingError, match="--max-surge applies only with --require-notify"):
+        Settings(["app"], max_surge=1).check()
+    rig, pool = rolling_rig()
+    rig.supervisor.on_message(rig.pid(1), {"X_SERVER_STARTER_WORKERS": "4/4"})
+    assert "sent X_SERVER_STARTER_WORKERS='4/4', not READY/TARGET/FULL: ignored" in rig.log
+    assert pool.counts[1] == [4, 4, 4]

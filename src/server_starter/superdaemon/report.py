@@ -23,7 +23,7 @@ IN_PROGRESS, FAILED = "in_progress", "failed"  # a reload's outcomes (and "succe
 
 # Every state a generation can be in, as the status and the metrics name it
 # (supervisor.State's values): each state's gauge is written, 0 included.
-STATES = ("starting", "serving", "retiring", "draining", "evicted", "killed")
+STATES = ("starting", "rolling", "serving", "retiring", "draining", "evicted", "killed")
 
 
 # -- the Prometheus text format -------------------------------------------------
@@ -155,9 +155,13 @@ def status_table(status: Status, now: float) -> str:
     )
     rows = [("GENERATION", "PID", "STATE", "FOR", "AGE", "")]
     for generation in status["generations"]:
-        note = ""
+        notes = []
+        workers = generation.get("workers")
+        if workers is not None:
+            notes.append(f"{workers['ready']} of {workers['full']} workers ready")
         if generation.get("probation_until") is not None:
-            note = f"on probation for {_age(generation['probation_until'] - now)} more"
+            notes.append(f"on probation for {_age(generation['probation_until'] - now)} more")
+        note = "; ".join(notes)
         rows.append(
             (
                 str(generation["generation"]),

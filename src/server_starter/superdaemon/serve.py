@@ -236,8 +236,8 @@ class Running:
 # options added since (they would refuse the command line after the exec,
 # and die) and a generation evicted by --max-draining.  A hand-over holding
 # one is format 2, which their check refuses before anything changes.
-OPTIONS_SINCE_FORMAT_1 = ("--max-draining", "--metrics-file", "--metrics-label")
-STATES_SINCE_FORMAT_1 = ("evicted",)
+OPTIONS_SINCE_FORMAT_1 = ("--max-draining", "--max-surge", "--metrics-file", "--metrics-label")
+STATES_SINCE_FORMAT_1 = ("evicted", "rolling")
 
 
 def handover_format(argv: Sequence[str], states: Sequence[str]) -> int:

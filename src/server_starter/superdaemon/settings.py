@@ -353,6 +353,14 @@ class Settings(Declared):
         "oldest (--signal-on-term, SIGKILL after --stop-timeout) (default unlimited)",
         metavar="N",
     )
+    max_surge = Count(
+        "--max-surge",
+        "rolling reload: start the new generation with K workers and move the serving one's "
+        "to it K at a time, for programs that report their workers (see the worker "
+        "contract); needs --require-notify (default: the whole generation at once)",
+        metavar="K",
+        variable="SERVER_STARTER_MAX_SURGE",
+    )
     directory = Text("--dir", "working directory of the server program", metavar="PATH")
     status_file = Text("--status-file", "write GEN:PID of every live worker here", metavar="FILE")
     metrics_file = Text(
@@ -387,6 +395,8 @@ class Settings(Declared):
         """Refuse what cannot be meant (SettingError)."""
         if self.given.get("ready_timeout") is not None and not self.require_notify:
             raise SettingError("--ready-timeout applies only with --require-notify")
+        if self.max_surge is not None and not self.require_notify:
+            raise SettingError("--max-surge applies only with --require-notify")
         if self.metrics_labels and self.metrics_file is None:
             raise SettingError("--metrics-label applies only with --metrics-file")
         names = [label.partition("=")[0] for label in self.metrics_labels]

@@ -10,6 +10,15 @@ the one place where it does:
         +--no READY=1 within --ready-timeout--> KILLED <--still running after --stop-timeout
         +--exit before ready--> REAPED (the start failed; the serving one is untouched)
 
+    STARTING --ready, in a rolling reload--> ROLLING --all its workers ready--> SERVING
+                                               |  +--no further worker ready in time--> DRAINING
+                                               +--exit--> REAPED (the start failed, as above)
+
+In a rolling reload (``--max-surge``, rolling.py), the new generation is
+ROLLING from its first workers' readiness until it has all of them: the
+serving one shrinks as it grows, and a roll that fails leaves the serving
+one serving, grown back to its whole.
+
 The kill-old-delay is the new generation's probation: the one it replaced
 is kept, not yet signalled, and serves again if the new one dies in it (the
 reload then fails, and nothing is restarted while the old one serves).
@@ -34,15 +43,17 @@ in-process with a fake one; ``host.SystemHost`` is the real one.
 from __future__ import annotations
 
 import abc
-import enum
 import functools
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 
 from .. import __version__
+from ..contract import START_WORKERS_VARIABLE, WORKERS_FIELD, WorkerCount
 from .environment import worker_environment
+from .generation import Generation, Resize, State
 from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
+from .rolling import GROW, is_whole, next_steps, restore_step
 from .settings import SettingError, Settings, Tunables, signal_name
 from .spawn import SpawnError
 
@@ -50,6 +61,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
     from typing import Literal, TypedDict
 
+    from .generation import GenerationState
     from .report import Status
 
     class LastReload(TypedDict):
@@ -66,17 +78,6 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
         last_success_at: float | None
         last_success_duration: float | None
         exits: dict[str, int]
-
-    class GenerationState(TypedDict):
-        number: int
-        pid: int
-        spawned_at: float
-        is_reload: bool
-        state: str
-        deadline: float | None
-        ready_at: float | None
-        streak_at_ready: int
-        since: float  # absent from the first versions' hand-over
 
     class ReloadState(TypedDict):
         generation: int | None
@@ -172,16 +173,6 @@ class Host(abc.ABC):
         methods) or until ``deadline``."""
 
 
-class State(enum.Enum):
-    STARTING = "starting"  # deadline: ready by --interval (or --ready-timeout)
-    SERVING = "serving"  # no deadline
-    RETIRING = "retiring"  # replaced; deadline: signal it after --kill-old-delay
-    DRAINING = "draining"  # signalled; deadline: SIGKILL after --stop-timeout
-    EVICTED = "evicted"  # over --max-draining, sent --signal-on-term; deadline: SIGKILL
-    KILLED = "killed"  # sent SIGKILL; waits for its exit
-    REAPED = "reaped"  # exited; no longer the supervisor's
-
-
 # A reload's outcomes, and why a worker exited, as --status and the metrics
 # count them (docs/watching.md says what each means).
 SUCCEEDED, FAILED, IN_PROGRESS = "succeeded", "failed", "in_progress"
@@ -257,72 +248,6 @@ class Record:
         record.last_success_duration = data["last_success_duration"]
         record.exits.update(data["exits"])
         return record
-
-
-class Generation:
-    """One spawn of the server program: plain data.  (Plain classes with
-    __slots__, not dataclasses: see sockets.PortSpec.)"""
-
-    __slots__ = (
-        "deadline",
-        "is_reload",
-        "number",
-        "pid",
-        "ready_at",
-        "since",
-        "spawned_at",
-        "state",
-        "streak_at_ready",
-    )
-
-    def __init__(
-        self,
-        number: int,
-        pid: int,
-        spawned_at: float,
-        is_reload: bool,
-        state: State = State.STARTING,
-        deadline: float | None = None,
-        ready_at: float | None = None,
-        streak_at_ready: int = 0,
-        since: float | None = None,
-    ) -> None:
-        self.number = number
-        self.pid = pid
-        self.spawned_at = spawned_at
-        self.is_reload = is_reload
-        self.state = state
-        self.deadline = deadline
-        self.ready_at = ready_at  # None: never ready, so its exit is a failed start
-        self.streak_at_ready = streak_at_ready  # failures in a row its start ended
-        self.since = spawned_at if since is None else since  # in its state since
-
-    def to_dict(self) -> GenerationState:
-        return {
-            "number": self.number,
-            "pid": self.pid,
-            "spawned_at": self.spawned_at,
-            "is_reload": self.is_reload,
-            "state": self.state.value,
-            "deadline": self.deadline,
-            "ready_at": self.ready_at,
-            "streak_at_ready": self.streak_at_ready,
-            "since": self.since,
-        }
-
-    @classmethod
-    def from_dict(cls, data: GenerationState) -> Generation:
-        return cls(
-            number=data["number"],
-            pid=data["pid"],
-            spawned_at=data["spawned_at"],
-            is_reload=data["is_reload"],
-            state=State(data["state"]),
-            deadline=data["deadline"],
-            ready_at=data["ready_at"],
-            streak_at_ready=data["streak_at_ready"],
-            since=data.get("since"),
-        )
 
 
 # What a client that asked for the in-place upgrade waits for.
@@ -404,6 +329,10 @@ class Supervisor:
         self.next_reload: Reload | None = None  # asked for while a generation was starting
         self.record = Record(host.now())
         self._metrics_failed = False  # said once, until a write succeeds again
+        self._said_whole = False  # that a generation takes no part in rolling reloads
+        # A roll's serving generation kept a worker past --stop-timeout: the
+        # new one grows beside it, uncapped (not handed over: capped again).
+        self.surge_lifted = False
         # Not handed over: the new image runs its own loop.
         self.finished = False
         # In-place upgrade (handover.py), given by whoever owns the resources.
@@ -428,6 +357,8 @@ class Supervisor:
         for gen in self.generations:
             if gen.deadline is not None:
                 yield gen.deadline, functools.partial(self._deadline_passed, gen)
+            if gen.resize is not None:
+                yield gen.resize.deadline, functools.partial(self._resize_overdue, gen)
         if self.retry_at is not None:
             yield self.retry_at, self._retry
         auto_restart = self._auto_restart_at()
@@ -445,8 +376,9 @@ class Supervisor:
         while not self.finished:
             due = [timer for timer in self._timers() if timer[0] <= now]
             if not due:
-                return
+                break
             min(due, key=lambda timer: timer[0])[1]()
+        self._steer()
 
     # -- events -------------------------------------------------------------
 
@@ -478,8 +410,12 @@ class Supervisor:
         status = fields.get("STATUS")
         if status:
             self.log.line(f"worker {gen.pid} (generation {gen.number}) status: {status}")
+        workers = fields.get(WORKERS_FIELD)
+        if workers is not None:
+            self._workers_reported(gen, workers)
         if fields.get("READY") == "1" and gen.state is State.STARTING:
             self._became_ready(gen, "READY=1")
+        self._steer()
 
     def on_exit(self, pid: int, status: int, oom_killed: bool = False) -> None:
         """A worker exited with the raw wait ``status``; ``oom_killed``: the
@@ -524,6 +460,7 @@ class Supervisor:
             self.log.event(Event.EXIT, f"old worker {gen.pid} died, {raw}", **fields)
             self.notify_systemd(f"STATUS={self.status_text()}")
         self._settle_reloads()
+        self._steer()
 
     # -- requests -----------------------------------------------------------
 
@@ -589,7 +526,7 @@ class Supervisor:
         )
         self._settle_reloads()
         for gen in alive:
-            if gen.state in (State.STARTING, State.SERVING, State.RETIRING):
+            if gen.state in (State.STARTING, State.ROLLING, State.SERVING, State.RETIRING):
                 self._enter(gen, State.DRAINING, sent=to_send)
         self._finish_if_stopped()
 
@@ -608,13 +545,26 @@ class Supervisor:
         now = self.host.now()
         was_due = gen.deadline
         was, gen.state, gen.deadline, gen.since = gen.state, state, None, now
+        if state not in (State.SERVING, State.ROLLING):
+            gen.resize = None  # no longer grown or shrunk: what it does now is its own
         if state is State.STARTING:
             gen.deadline = gen.spawned_at + self.settings.ready_wait
             self.log.event(
                 Event.SPAWN, f"starting new worker {gen.pid}", generation=gen.number, pid=gen.pid
             )
+        elif state is State.ROLLING:
+            assert gen.workers is not None
+            self.log.event(
+                Event.READY,
+                f"worker {gen.pid} (generation {gen.number}) is ready with "
+                f"{gen.workers.ready} of {gen.workers.full} workers ({how}); rolling it in, "
+                f"{self.settings.max_surge} at a time (--max-surge)",
+                generation=gen.number,
+                pid=gen.pid,
+            )
+            self.notify_systemd(f"STATUS={self.status_text()}")
         elif state is State.SERVING:
-            if was is State.STARTING:
+            if was in (State.STARTING, State.ROLLING):
                 gen.ready_at = self.last_restart = now
                 gen.streak_at_ready, self.failures = self.failures, 0
                 became = "is ready"
@@ -711,6 +661,10 @@ class Supervisor:
                 priority=WARNING,
             )
         env = worker_environment(self.base_environ, values or {}, self.ports, number, self.fd_names)
+        serving = self._serving()
+        surge = self.settings.max_surge
+        if is_reload and surge is not None and serving is not None and serving.workers is not None:
+            env[START_WORKERS_VARIABLE] = str(surge)  # a roll: grown from there
         try:
             pid = self.host.spawn(number, env, self.settings)
         except SpawnError as err:
@@ -733,6 +687,9 @@ class Supervisor:
 
     def _became_ready(self, gen: Generation, how: str) -> None:
         previous = self._serving()
+        if gen.state is State.STARTING and self._rolls_in(gen, previous):
+            self._enter(gen, State.ROLLING, how)
+            return
         for reload in self._reloads_of(gen):
             reload.replaced = previous
         self._enter(gen, State.SERVING, how)
@@ -750,6 +707,102 @@ class Supervisor:
             self._cap_draining()
         self._settle_reloads()
         self._start_next_reload()
+
+    # -- the rolling reload (--max-surge, rolling.py) -----------------------------
+
+    def _rolls_in(self, gen: Generation, serving: Generation | None) -> bool:
+        """Whether ``gen``, ready, rolls in rather than replacing ``serving`` whole."""
+        if self.settings.max_surge is None or serving is None:
+            return False
+        if gen.workers is None or serving.workers is None:
+            if not self._said_whole:
+                self._said_whole = True
+                silent = gen if gen.workers is None else serving
+                self.log.line(
+                    f"generation {silent.number} reports no workers ({WORKERS_FIELD}): "
+                    "it takes part in no rolling reload; reloads overlap whole "
+                    "generations (said once)",
+                    priority=NOTICE,
+                )
+            return False
+        self.surge_lifted = False
+        return not is_whole(gen)
+
+    def _workers_reported(self, gen: Generation, value: str) -> None:
+        workers = WorkerCount.parse(value)
+        if workers is None:
+            self.log.line(
+                f"worker {gen.pid} (generation {gen.number}) sent {WORKERS_FIELD}={value!r}, "
+                "not READY/TARGET/FULL: ignored",
+                priority=WARNING,
+            )
+            return
+        gen.workers = workers
+        if gen.resize is not None and gen.resize.done(workers):
+            gen.resize = None
+
+    def _steer(self) -> None:
+        """Send the roll's next signals, or finish it; grow back a serving
+        generation a failed roll left short."""
+        if self.stopping:
+            return
+        serving = self._serving()
+        rolling = next((g for g in self.generations if g.state is State.ROLLING), None)
+        if rolling is not None:
+            assert rolling.workers is not None and self.settings.max_surge is not None
+            if is_whole(rolling):
+                full = rolling.workers.full
+                self._became_ready(rolling, f"all {full} workers ready")
+                return
+            surge = rolling.workers.full if self.surge_lifted else self.settings.max_surge
+            for gen, sent in next_steps(serving, rolling, surge):
+                self._resize(gen, sent)
+        elif serving is not None and restore_step(serving) is not None:
+            self._resize(serving, GROW)
+
+    def _resize(self, gen: Generation, sent: signal.Signals) -> None:
+        assert gen.workers is not None
+        wait = self.settings.ready_timeout if sent == GROW else self.settings.stop_timeout
+        gen.resize = Resize(sent, gen.workers.target, self.host.now() + wait)
+        what = "one more worker" if sent == GROW else "one worker fewer"
+        self.log.line(
+            f"sending {signal_name(sent)} to worker {gen.pid} (generation {gen.number}, "
+            f"{gen.workers.ready} of {gen.workers.full} workers ready): {what}"
+        )
+        self.host.signal(gen.pid, sent)
+
+    def _resize_overdue(self, gen: Generation) -> None:
+        resize, workers = gen.resize, gen.workers
+        assert resize is not None and workers is not None
+        gen.resize = None
+        if gen.state is State.ROLLING and resize.grows:
+            reason = (
+                f"had {workers.ready} of {workers.full} workers ready, and no more within "
+                f"{self.settings.ready_timeout:g}s (--ready-timeout)"
+            )
+            for reload in self._reloads_of(gen):
+                reload.failure = reason
+            self.log.event(
+                Event.FAILED,
+                f"worker {gen.pid} (generation {gen.number}) {reason}: the roll stops",
+                priority=ERR,
+                generation=gen.number,
+                pid=gen.pid,
+            )
+            self._enter(gen, State.DRAINING)
+            return
+        waited = self.settings.ready_timeout if resize.grows else self.settings.stop_timeout
+        rolling = next((g for g in self.generations if g.state is State.ROLLING), None)
+        going_on = ""
+        if not resize.grows and rolling is not None:
+            self.surge_lifted = True
+            going_on = f"; generation {rolling.number} grows to its whole beside it"
+        self.log.line(
+            f"worker {gen.pid} (generation {gen.number}) did not answer its "
+            f"{signal_name(resize.signal)} within {waited:g}s ({workers.ready} of "
+            f"{workers.full} workers ready){going_on}",
+            priority=WARNING,
+        )
 
     # -- probation: the kill-old-delay --------------------------------------------
 
@@ -817,6 +870,12 @@ class Supervisor:
         return "died"
 
     def _why_never_ready(self, gen: Generation, was: State, status: int, described: str) -> str:
+        if was is State.ROLLING and gen.workers is not None:
+            workers = gen.workers
+            return (
+                f"exited during its roll with {workers.ready} of {workers.full} "
+                f"workers ready, {described}"
+            )
         if was is State.KILLED:
             return f"no READY=1 within {self.settings.ready_timeout:g}s (--ready-timeout), killed"
         lived = self.host.now() - gen.spawned_at
@@ -833,7 +892,7 @@ class Supervisor:
     def _start_failed(self, gen: Generation, reason: str) -> None:
         self.failures += 1
         for reload in self._reloads_of(gen):
-            reload.failure = reason
+            reload.failure = reload.failure or reason  # a roll stopped says why it was
         if gen.is_reload:
             self.notify_systemd(
                 f"READY=1\nSTATUS=reload failed: generation {gen.number} {reason}; "
@@ -992,7 +1051,8 @@ class Supervisor:
         return next((g for g in self.generations if g.pid == pid), None)
 
     def _pending(self) -> Generation | None:
-        """The generation not ready yet (STARTING, or KILLED for not being ready in time)."""
+        """The generation not serving yet: STARTING, ROLLING, or stopped for
+        not being ready in time."""
         return next((g for g in self.generations if g.ready_at is None), None)
 
     def _serving(self) -> Generation | None:
@@ -1016,7 +1076,13 @@ class Supervisor:
             if serving is not None
             else "no generation serving"
         ]
-        if starting is not None:
+        if starting is not None and starting.state is State.ROLLING:
+            assert starting.workers is not None
+            parts.append(
+                f"generation {starting.number} rolling in "
+                f"({starting.workers.ready} of {starting.workers.full} workers ready)"
+            )
+        elif starting is not None:
             parts.append(f"generation {starting.number} starting")
         if old:
             parts.append("draining " + ", ".join(f"{g.number} (pid {g.pid})" for g in old))
@@ -1055,6 +1121,13 @@ class Supervisor:
                 "started_at": wall(g.spawned_at),
                 "ready_at": wall(g.ready_at),
                 "probation_until": wall(probation) if g is serving else None,
+                "workers": None
+                if g.workers is None
+                else {
+                    "ready": g.workers.ready,
+                    "target": g.workers.target,
+                    "full": g.workers.full,
+                },
             }
             for g in self.generations
         ]

@@ -1,0 +1,62 @@
+"""The rolling reload's rule (``--max-surge=K``): which generation to grow
+or shrink next, from the worker counts both report (contract.py).
+
+The new generation starts with K workers beside the serving one's FULL,
+the surge.  Then, one signal in flight per generation:
+
+- the serving one gives up its oldest worker (SIGTTOU) when the workers
+  ready without it are still FULL, and none of its is still draining: the
+  capacity never drops below the steady state;
+- the new one gets one more (SIGTTIN) when the workers alive, the
+  serving one's draining ones included, plus that one stay within FULL + K,
+  and fewer than K of its own are still booting: the memory never rises
+  above the steady state plus K workers.
+
+The roll is done when the new generation has FULL ready; the serving one,
+down to its last worker, is then replaced as in any reload.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from .generation import Generation
+
+GROW, SHRINK = signal.SIGTTIN, signal.SIGTTOU
+
+
+def is_whole(gen: Generation) -> bool:
+    workers = gen.workers
+    return workers is not None and min(workers.ready, workers.target) >= workers.full
+
+
+def next_steps(
+    serving: Generation | None, rolling: Generation, surge: int
+) -> list[tuple[Generation, signal.Signals]]:
+    """The signals to send now (none while the last ones are in flight)."""
+    new = rolling.workers
+    assert new is not None
+    if is_whole(rolling):
+        return []
+    old = serving.workers if serving is not None else None
+    steps: list[tuple[Generation, signal.Signals]] = []
+    if serving is not None and old is not None and serving.resize is None:
+        draining = old.ready > old.target
+        capacity_without_one = old.target - 1 + min(new.ready, new.target)
+        if old.target > 1 and not draining and capacity_without_one >= new.full:
+            steps.append((serving, SHRINK))
+    if rolling.resize is None and new.target < new.full:
+        alive = (max(old.ready, old.target) if old is not None else 0) + max(new.ready, new.target)
+        booting = new.target - new.ready
+        if alive + 1 <= new.full + surge and booting < surge:
+            steps.append((rolling, GROW))
+    return steps
+
+
+def restore_step(serving: Generation) -> signal.Signals | None:
+    """A serving generation left short by a roll that failed is grown back
+    to its whole, one worker at a time."""
+    workers = serving.workers
+    if workers is None or serving.resize is not None or workers.target >= workers.full:
+        return None
+    return GROW
