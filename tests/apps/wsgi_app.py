@@ -12,6 +12,26 @@ if os.environ.get("WSGI_APP_BROKEN"):
 
 GENERATION = os.environ.get("SERVER_STARTER_GENERATION", "0")
 
+# A big app's import: WSGI_APP_IMPORT_SECONDS of work, WSGI_APP_MEGABYTES held.
+time.sleep(float(os.environ.get("WSGI_APP_IMPORT_SECONDS", "0")))
+BALLAST = bytearray(int(os.environ.get("WSGI_APP_MEGABYTES", "0")) * 2**20)
+for _page in range(0, len(BALLAST), 4096):
+    BALLAST[_page] = 1  # touched: private memory, as an app's objects are
+
+# A deploy that breaks midway: the first WSGI_APP_BOOTS_BEFORE_FAILING
+# imports of each generation (counted in WSGI_APP_BOOTS_DIR) succeed; the
+# next ones raise, or hang with WSGI_APP_FAILING_HANGS.
+if os.environ.get("WSGI_APP_BOOTS_DIR"):
+    _boots = os.path.join(os.environ["WSGI_APP_BOOTS_DIR"], f"generation-{GENERATION}")
+    with open(_boots, "a") as _file:
+        _file.write(f"{os.getpid()}\n")
+    with open(_boots) as _file:
+        _count = len(_file.readlines())
+    if _count > int(os.environ.get("WSGI_APP_BOOTS_BEFORE_FAILING", "1")):
+        if os.environ.get("WSGI_APP_FAILING_HANGS"):
+            time.sleep(3600)
+        raise RuntimeError(f"import {_count} of generation {GENERATION} fails, as told")
+
 
 def app(environ, start_response):  # type: ignore[no-untyped-def]
     if environ.get("PATH_INFO") == "/stream":  # its head and a first part, the rest 0.5 s later

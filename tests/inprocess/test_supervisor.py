@@ -17,11 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server_starter.contract import parse_notify as parse
 from server_starter.superdaemon.environment import read_envdir
+from server_starter.superdaemon.generation import State
 from server_starter.superdaemon.journal import EventLog
 from server_starter.superdaemon.report import metrics_text, status_table
 from server_starter.superdaemon.settings import SettingError, Settings, parse_label
 from server_starter.superdaemon.spawn import SpawnError
-from server_starter.superdaemon.generation import State
 from server_starter.superdaemon.supervisor import Answer, Host, Supervisor
 
 TERM, KILL = signal.SIGTERM, signal.SIGKILL

@@ -7,8 +7,9 @@ the surge.  Then, one signal in flight per generation:
 - the serving one gives up its oldest worker (SIGTTOU) when the workers
   ready without it are still FULL, and none of its is still draining: the
   capacity never drops below the steady state;
-- the new one gets one more (SIGTTIN) when the workers alive, the
-  serving one's draining ones included, plus that one stay within FULL + K,
+- the new one gets one more (SIGTTIN) when the workers alive, draining
+  ones included (of the serving generation and of older ones that report
+  theirs), plus that one stay within FULL + K,
   and fewer than K of its own are still booting: the memory never rises
   above the steady state plus K workers.
 
@@ -31,9 +32,10 @@ def is_whole(gen: Generation) -> bool:
 
 
 def next_steps(
-    serving: Generation | None, rolling: Generation, surge: int
+    serving: Generation | None, rolling: Generation, surge: int, others: int = 0
 ) -> list[tuple[Generation, signal.Signals]]:
-    """The signals to send now (none while the last ones are in flight)."""
+    """The signals to send now (none while the last ones are in flight);
+    ``others``: the workers of older generations still draining."""
     new = rolling.workers
     assert new is not None
     if is_whole(rolling):
@@ -46,7 +48,8 @@ def next_steps(
         if old.target > 1 and not draining and capacity_without_one >= new.full:
             steps.append((serving, SHRINK))
     if rolling.resize is None and new.target < new.full:
-        alive = (max(old.ready, old.target) if old is not None else 0) + max(new.ready, new.target)
+        alive = others + max(new.ready, new.target)
+        alive += max(old.ready, old.target) if old is not None else 0
         booting = new.target - new.ready
         if alive + 1 <= new.full + surge and booting < surge:
             steps.append((rolling, GROW))

@@ -739,7 +739,13 @@ class Supervisor:
             return
         gen.workers = workers
         if gen.resize is not None and gen.resize.done(workers):
+            grown_back = gen.resize.grows and gen.state is State.SERVING and is_whole(gen)
             gen.resize = None
+            if grown_back:
+                self.log.line(
+                    f"worker {gen.pid} (generation {gen.number}) is whole again "
+                    f"({workers.ready} of {workers.full} workers ready)"
+                )
 
     def _steer(self) -> None:
         """Send the roll's next signals, or finish it; grow back a serving
@@ -755,7 +761,12 @@ class Supervisor:
                 self._became_ready(rolling, f"all {full} workers ready")
                 return
             surge = rolling.workers.full if self.surge_lifted else self.settings.max_surge
-            for gen, sent in next_steps(serving, rolling, surge):
+            others = sum(
+                g.workers.ready
+                for g in self.generations
+                if g is not serving and g is not rolling and g.workers is not None
+            )
+            for gen, sent in next_steps(serving, rolling, surge, others):
                 self._resize(gen, sent)
         elif serving is not None and restore_step(serving) is not None:
             self._resize(serving, GROW)

@@ -1,0 +1,189 @@
+"""Rolling reloads (--max-surge) with real gunicorn: the new generation
+takes the serving one's workers over one at a time under load, the
+service never runs more than the steady state plus the surge, and a
+release that breaks midway leaves the old generation serving, grown back
+to its whole."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from harness.http_clients import generation_of
+from harness.load import Load
+from harness.processes import ROOT, START_SERVER, children, free_port, restart, running, worker_env
+
+APPS = ROOT / "tests" / "apps"
+PYTHONS = {
+    "debian": "/usr/bin/python3",  # python3-gunicorn 20.1
+    "pypi": str(ROOT / ".venv" / "bin" / "python"),  # the newest gunicorn, with uvicorn-worker
+}
+WORKERS = 4
+
+
+def start_server_argv(port: int, pid_file: Path, *options: str) -> list[str]:
+    return [
+        START_SERVER,
+        f"--port=127.0.0.1:{port}",
+        f"--pid-file={pid_file}",
+        "--require-notify",
+        "--ready-timeout=20",
+        *options,
+        "--",
+    ]
+
+
+def gunicorn(python: str, *args: str, app: str = "wsgi_app:app") -> list[str]:
+    return [
+        python,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:server_starter.gunicorn",
+        "--chdir",
+        str(APPS),
+        "--graceful-timeout",
+        "10",
+        "-w",
+        str(WORKERS),
+        *args,
+        app,
+    ]
+
+
+def env(**extra: str) -> dict[str, str]:
+    return worker_env(PYTHONPATH=str(ROOT / "src"), **extra)
+
+
+class WorkerCensus:
+    """The most worker processes alive at once under the superdaemon's
+    generations, sampled every 20 ms: a whole generation's overlap (twice
+    the workers for the length of a boot) cannot hide between samples."""
+
+    def __init__(self, superdaemon: int) -> None:
+        self.superdaemon = superdaemon
+        self.peak = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.02):
+            workers = sum(len(children(main)) for main in children(self.superdaemon))
+            self.peak = max(self.peak, workers)
+
+
+@contextmanager
+def census(superdaemon: int) -> Iterator[WorkerCensus]:
+    counting = WorkerCensus(superdaemon)
+    counting.thread.start()
+    try:
+        yield counting
+    finally:
+        counting.done.set()
+        counting.thread.join(5)
+
+
+@pytest.mark.load
+@pytest.mark.parametrize(
+    ("python", "worker"),
+    [
+        ("debian", ["-k", "sync"]),
+        ("pypi", ["-k", "sync"]),
+        ("pypi", ["-k", "gthread", "--threads", "4"]),
+        ("pypi", ["-k", "sync", "--preload"]),
+        ("pypi", ["-k", "server_starter.uvicorn_worker.UvicornWorker"]),
+    ],
+    ids=["debian-sync", "pypi-sync", "pypi-gthread", "pypi-preload", "pypi-uvicorn"],
+)
+def test_gunicorn_rolls_worker_by_worker_under_load(
+    python: str, worker: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port, pid_file = free_port(), tmp_path / "pid"
+    app = "asgi_app:app" if "uvicorn" in worker[-1] else "wsgi_app:app"
+    argv = [
+        *start_server_argv(port, pid_file, "--max-surge=1"),
+        *gunicorn(PYTHONS[python], *worker, app=app),
+    ]
+    reloads = 3
+    with running(argv, env=env(WSGI_APP_IMPORT_SECONDS="0.3")) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
+        with census(daemon.pid) as counted, Load(port, threads=50) as load:
+            for number in range(2, reloads + 2):
+                started = time.monotonic()
+                result = restart(pid_file)
+                took = time.monotonic() - started
+                assert result.returncode == 0, result.stderr + daemon.output()[-3000:]
+                assert f"generation {number} is serving" in result.stderr
+                # As reloads come in life: the last one's old worker has drained.
+                daemon.wait_for(r"^old worker \d+ died", count=number - 1, timeout=30)
+        assert generation_of(port) == reloads + 1
+        log = daemon.output()
+    assert load.failures == [], load.failures[:5]
+    assert load.total() > 0
+    assert log.count("rolling it in, 1 at a time (--max-surge)") == reloads
+    assert len(re.findall(r"sending TTIN to worker \d+ \(generation \d+", log)) == reloads * 3
+    assert len(re.findall(r"sending TTOU to worker \d+ \(generation \d+", log)) == reloads * 3
+    assert counted.peak <= WORKERS + 1, counted.peak  # never the whole overlap's 8
+    with capsys.disabled():
+        print(
+            f"\n    [measured] gunicorn {python} {' '.join(worker)} -w {WORKERS}, --max-surge=1: "
+            f"{reloads} reloads, {load.total()} requests, 0 failed; at most "
+            f"{counted.peak} workers at once; last reload {took:.2f}s"
+        )
+
+
+@pytest.mark.parametrize("python", sorted(PYTHONS))
+@pytest.mark.parametrize("breaks", ["crashes", "hangs"])
+def test_a_release_that_breaks_midway_leaves_the_old_generation_whole(
+    python: str, breaks: str, tmp_path: Path
+) -> None:
+    """The new release's second worker fails at import (gunicorn then halts)
+    or hangs in it (past --ready-timeout): the reload fails with why, the
+    old generation serves throughout and is grown back to its whole."""
+    port, pid_file, envdir, boots = free_port(), tmp_path / "pid", tmp_path / "env", tmp_path
+    envdir.mkdir()
+    argv = [
+        *start_server_argv(port, pid_file, "--max-surge=1", f"--envdir={envdir}"),
+        *gunicorn(PYTHONS[python], "-k", "sync"),
+    ]
+    argv[argv.index("--ready-timeout=20")] = "--ready-timeout=3"
+    with running(argv, env=env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
+        (envdir / "WSGI_APP_BOOTS_DIR").write_text(f"{boots}\n")
+        if breaks == "hangs":
+            (envdir / "WSGI_APP_FAILING_HANGS").write_text("1\n")
+        with Load(port, threads=20) as load:
+            result = restart(pid_file)
+            assert result.returncode == 1, result.stderr
+            if breaks == "crashes":
+                # gunicorn stops its booted worker before it exits: 0 or 1 left.
+                expected = r"exited during its roll with [01] of 4 workers ready, exit code \d"
+            else:
+                expected = r"had 1 of 4 workers ready, and no more within 3s \(--ready-timeout\)"
+            assert re.search(f"generation 2 failed to start: {expected}", result.stderr), (
+                result.stderr
+            )
+            assert "the old generation keeps serving" in result.stderr
+            # It broke at step 2: its first worker was ready, the second asked for.
+            daemon.wait_for(r"sending TTIN to worker \d+ \(generation 2, 1 of 4 workers ready\)")
+            # Grown back: the one worker it gave up is replaced.
+            daemon.wait_for(r"sending TTIN to worker \d+ \(generation 1, 3 of 4 workers ready\)")
+            daemon.wait_for(r"\(generation 1\) is whole again \(4 of 4 workers ready\)")
+        status = subprocess.run(
+            [START_SERVER, "--status", f"--pid-file={pid_file}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        ).stdout
+        assert re.search(r"\n  1 .* serving .* 4 of 4 workers ready", status), status
+        assert generation_of(port) == 1
+    assert load.failures == [], load.failures[:5]
+    assert load.total() > 0
