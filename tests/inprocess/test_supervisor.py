@@ -19,10 +19,11 @@ from server_starter.contract import parse_notify as parse
 from server_starter.superdaemon.environment import read_envdir
 from server_starter.superdaemon.generation import State
 from server_starter.superdaemon.journal import EventLog
+from server_starter.superdaemon.reloads import Answer
 from server_starter.superdaemon.report import metrics_text, status_table
 from server_starter.superdaemon.settings import SettingError, Settings, parse_label
 from server_starter.superdaemon.spawn import SpawnError
-from server_starter.superdaemon.supervisor import Answer, Host, Supervisor
+from server_starter.superdaemon.supervisor import Host, Supervisor
 
 TERM, KILL = signal.SIGTERM, signal.SIGKILL
 WALL_OFFSET = 1_800_000_000.0  # the fake wall clock: the monotonic one plus this
@@ -276,7 +277,7 @@ def test_every_reloading_carries_the_clock_and_ends_with_ready() -> None:
     rig.supervisor.on_signal(signal.SIGHUP)  # supersedes the one starting
     rig.ready(latest())
     rig.ready(latest())
-    assert rig.supervisor.next_reload is None and rig.supervisor.retry_at is None
+    assert rig.supervisor.ledger.next is None and rig.supervisor.policy.retry_at is None
     reloading = None
     for message, sent_at in zip(rig.host.systemd, rig.host.systemd_sent_at, strict=True):
         if message.get("RELOADING") == "1":
@@ -407,7 +408,7 @@ def test_spawn_error_is_a_failed_start_with_its_reason() -> None:
     assert "failed to exec app: No such file or directory" in answers.one[1]
     assert rig.supervisor.generation_count == 2
     assert [g.number for g in rig.supervisor.generations] == [1]
-    assert rig.supervisor.retry_at == rig.host.clock + 1.0
+    assert rig.supervisor.policy.retry_at == rig.host.clock + 1.0
 
 
 # -- backoff ------------------------------------------------------------------------
@@ -578,8 +579,8 @@ def test_waiting_clients_are_handed_over_by_what_they_wait_for() -> None:
     starting, queued, idle = Answers(), Answers(), Answers()
     rig.supervisor.on_request("reload", starting)  # starts generation 2
     rig.supervisor.on_request("reload", queued)  # waits for the next reload
-    assert starting.waits_for is rig.supervisor.reloads[-1]
-    assert queued.waits_for is rig.supervisor.next_reload
+    assert starting.waits_for is rig.supervisor.ledger.in_flight[-1]
+    assert queued.waits_for is rig.supervisor.ledger.next
     data = json.loads(json.dumps(rig.supervisor.snapshot([queued, idle, starting])))
     assert [r["answers"] for r in data["reloads"]] == [[2]]
     assert data["next_reload"] is not None and data["next_reload"]["answers"] == [0]
@@ -617,7 +618,7 @@ def test_a_generation_dying_on_probation_gives_way_back_to_the_old_one() -> None
     assert rig.host.status_file == [(1, old)]
     # No restart loop while a healthy generation serves: nothing is due.
     assert rig.supervisor.next_deadline() is None
-    assert rig.supervisor.failures == 1
+    assert rig.supervisor.policy.failures == 1
     assert f"generation 1 (pid {old}) keeps serving" in rig.log
     assert f"worker {old} (generation 1) serves again" in rig.log
     assert rig.host.systemd[-1]["STATUS"].startswith("reload failed: generation 2 died")
@@ -627,7 +628,7 @@ def test_a_generation_dying_on_probation_gives_way_back_to_the_old_one() -> None
     rig.advance(1.0)
     rig.until_next_deadline()
     assert again.one == (True, f"generation 3 is serving; sent TERM to worker {old}")
-    assert rig.supervisor.failures == 0
+    assert rig.supervisor.policy.failures == 0
 
 
 def test_a_death_after_the_probation_is_a_crash_of_the_serving_generation() -> None:

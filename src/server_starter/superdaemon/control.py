@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from .notify import UCRED
+from .reloads import Answer
 from .sockets import socket_is_live
-from .supervisor import Answer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
 IN_PROGRESS, FAILED = "in_progress", "failed"  # a reload's outcomes (and "succeeded")
 
 # Every state a generation can be in, as the status and the metrics name it
-# (supervisor.State's values): each state's gauge is written, 0 included.
+# (generation.State's values): each state's gauge is written, 0 included.
 STATES = ("starting", "rolling", "serving", "retiring", "draining", "evicted", "killed")
 
 

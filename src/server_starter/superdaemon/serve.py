@@ -18,6 +18,7 @@ from .control import ControlServer, PidFile, control_socket_path, listen_control
 from .environment import RESUME_VARIABLE
 from .host import SystemHost
 from .journal import WARNING, Event, EventLog, under_systemd
+from .reloads import UPGRADE
 from .settings import Resources, SettingError, Settings, export_perl_variables
 from .sockets import (
     Listener,
@@ -32,11 +33,11 @@ from .sockets import (
     parse_port,
     remove_socket_path,
 )
-from .supervisor import UPGRADE, Supervisor
+from .supervisor import Supervisor
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .supervisor import Answer
+    from .reloads import Answer
 
 EX_FAILURE = 1
 

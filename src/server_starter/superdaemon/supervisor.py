@@ -53,38 +53,19 @@ from ..contract import START_WORKERS_VARIABLE, WORKERS_FIELD, WorkerCount
 from .environment import worker_environment
 from .generation import Generation, Resize, State
 from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
+from .reloads import IN_PROGRESS, UPGRADE, Answer, Ledger, Record, Reload
+from .restart_policy import RestartPolicy
 from .rolling import GROW, is_whole, next_steps, restore_step
 from .settings import SettingError, Settings, Tunables, signal_name
 from .spawn import SpawnError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
-    from typing import Literal, TypedDict
+    from typing import TypedDict
 
     from .generation import GenerationState
+    from .reloads import RecordState, ReloadState
     from .report import Status
-
-    class LastReload(TypedDict):
-        generation: int
-        outcome: str  # one of OUTCOMES, or "in_progress"
-        reason: str | None
-        started_at: float  # monotonic in the record, Unix seconds in the status
-        duration_seconds: float | None
-
-    class RecordState(TypedDict):
-        started_at: float
-        reloads: dict[str, int]
-        last_reload: LastReload | None
-        last_success_at: float | None
-        last_success_duration: float | None
-        exits: dict[str, int]
-
-    class ReloadState(TypedDict):
-        generation: int | None
-        replaced: int | None
-        failure: str | None
-        answers: list[int]  # the waiting clients, by their index in the hand-over
-        started_at: float | None  # absent from the first versions' hand-over
 
     class SupervisorState(TypedDict):
         generations: list[GenerationState]
@@ -173,130 +154,6 @@ class Host(abc.ABC):
         methods) or until ``deadline``."""
 
 
-# A reload's outcomes, and why a worker exited, as --status and the metrics
-# count them (docs/watching.md says what each means).
-SUCCEEDED, FAILED, IN_PROGRESS = "succeeded", "failed", "in_progress"
-OUTCOMES = (SUCCEEDED, FAILED)
-EXIT_REASONS = (
-    "failed_start",
-    "probation",
-    "died",
-    "oom_killed",
-    "drained",
-    "evicted",
-    "killed",
-    "stopped",
-)
-
-
-class Record:
-    """Counts and the last reload: what the state machine does not keep, but
-    an operator asks for.  Handed over in an in-place upgrade."""
-
-    __slots__ = (
-        "exits",
-        "last_reload",
-        "last_success_at",
-        "last_success_duration",
-        "reloads",
-        "started_at",
-    )
-
-    def __init__(self, started_at: float) -> None:
-        self.started_at = started_at  # monotonic, like every time the record keeps
-        self.reloads = dict.fromkeys(OUTCOMES, 0)
-        self.last_reload: LastReload | None = None
-        self.last_success_at: float | None = None
-        self.last_success_duration: float | None = None
-        self.exits = dict.fromkeys(EXIT_REASONS, 0)
-
-    def reload_done(
-        self, generation: int, ok: bool, reason: str | None, started_at: float, now: float
-    ) -> None:
-        outcome = SUCCEEDED if ok else FAILED
-        self.reloads[outcome] += 1
-        duration = now - started_at
-        self.last_reload = {
-            "generation": generation,
-            "outcome": outcome,
-            "reason": reason,
-            "started_at": started_at,
-            "duration_seconds": duration,
-        }
-        if ok:
-            self.last_success_at, self.last_success_duration = now, duration
-
-    def exited(self, reason: str) -> None:
-        self.exits[reason] += 1
-
-    def to_dict(self) -> RecordState:
-        return {
-            "started_at": self.started_at,
-            "reloads": dict(self.reloads),
-            "last_reload": self.last_reload,
-            "last_success_at": self.last_success_at,
-            "last_success_duration": self.last_success_duration,
-            "exits": dict(self.exits),
-        }
-
-    @classmethod
-    def from_dict(cls, data: RecordState) -> Record:
-        record = cls(data["started_at"])
-        record.reloads.update(data["reloads"])
-        record.last_reload = data["last_reload"]
-        record.last_success_at = data["last_success_at"]
-        record.last_success_duration = data["last_success_duration"]
-        record.exits.update(data["exits"])
-        return record
-
-
-# What a client that asked for the in-place upgrade waits for.
-UPGRADE: Literal["upgrade"] = "upgrade"
-
-
-class Answer(abc.ABC):
-    """A client waiting for the outcome of its request (a control
-    connection), answered by one call.  It records what it waits for, a
-    :class:`Reload` or the upgrade: an in-place upgrade's hand-over names it
-    by that."""
-
-    __slots__ = ("waits_for",)
-
-    def __init__(self) -> None:
-        self.waits_for: Reload | Literal["upgrade"] | None = None
-
-    @abc.abstractmethod
-    def __call__(self, ok: bool, message: str) -> None:
-        """Answer, once."""
-
-
-class Reload:
-    """One reload and the clients waiting for its outcome (none for a HUP).
-
-    It is answered exactly once: when its generation is ready and the one it
-    replaced has been signalled (or exited first); when the start failed; or
-    when start_server stops.  Requests that arrive while a generation is
-    starting join the next reload (coalescing)."""
-
-    __slots__ = ("answers", "failure", "generation", "replaced", "started_at")
-
-    def __init__(self) -> None:
-        self.answers: list[Answer] = []
-        self.generation: Generation | None = None  # started for this reload
-        self.replaced: Generation | None = None  # serving when `generation` became ready
-        self.failure: str | None = None  # why `generation` failed
-        self.started_at: float | None = None  # its generation's spawn, when one served
-
-    def enlist(self, answer: Answer) -> None:
-        answer.waits_for = self
-        self.answers.append(answer)
-
-    def answer(self, ok: bool, message: str) -> None:
-        answers, self.answers = self.answers, []
-        for answer in answers:
-            answer(ok, message)
-
-
 class Supervisor:
     """Reacts to events (``on_*``) and deadlines; owns every generation."""
 
@@ -313,21 +170,16 @@ class Supervisor:
         self.ports = ports  # SERVER_STARTER_PORT
         self.fd_names = fd_names  # LISTEN_FDNAMES passed on, under systemd
         self.base_environ = environ
-        # Whether auto-restart is on is decided at start (as Perl does); its
-        # interval and the kill-old-delay are read again from the envdir.
-        self.auto_restart = Tunables.from_environ(environ).auto_restart
         self.host = host
         self.log = log
         # The state handed over in an in-place upgrade (see snapshot()).
         self.generations: list[Generation] = []  # alive, by number
         self.generation_count = 0
-        self.failures = 0  # failed starts and unexpected deaths in a row
-        self.retry_at: float | None = None
-        self.last_restart: float | None = None
         self.stopping = False
-        self.reloads: list[Reload] = []  # started or waiting for the STARTING one to settle
-        self.next_reload: Reload | None = None  # asked for while a generation was starting
-        self.record = Record(host.now())
+        self.ledger = Ledger(host.now())
+        # Auto-restart's interval and the kill-old-delay are read again from
+        # the envdir when needed; whether auto-restart is on, only now.
+        self.policy = RestartPolicy(settings, Tunables.from_environ(environ).auto_restart)
         self._metrics_failed = False  # said once, until a write succeeds again
         self._said_whole = False  # that a generation takes no part in rolling reloads
         # A roll's serving generation kept a worker past --stop-timeout: the
@@ -359,8 +211,8 @@ class Supervisor:
                 yield gen.deadline, functools.partial(self._deadline_passed, gen)
             if gen.resize is not None:
                 yield gen.resize.deadline, functools.partial(self._resize_overdue, gen)
-        if self.retry_at is not None:
-            yield self.retry_at, self._retry
+        if self.policy.retry_at is not None:
+            yield self.policy.retry_at, self._retry
         auto_restart = self._auto_restart_at()
         if auto_restart is not None:
             yield auto_restart, self._auto_restart
@@ -429,7 +281,7 @@ class Supervisor:
         raw = f"status:{status} ({described})"
         fields = {"generation": gen.number, "pid": gen.pid, "exit_status": status}
         on_probation = self._probation_of(gen) if was is State.SERVING else None
-        self.record.exited(self._exit_reason(gen, was, on_probation, oom_killed))
+        self.ledger.record.exited(self._exit_reason(gen, was, on_probation, oom_killed))
         if self.stopping:
             self.log.event(Event.EXIT, f"worker {gen.pid} died, {raw}", **fields)
             self._finish_if_stopped()
@@ -478,16 +330,11 @@ class Supervisor:
                 reload.enlist(answer)
             self._start_generation(reload, is_reload=self._serving() is not None)
             return
-        # Coalesce: one more reload once the starting generation settles,
-        # never a pile of generations.
-        if self.next_reload is None:
+        if self.ledger.join_next(answer):
             self.log.line(
                 f"generation {starting.number} is still starting; "
                 "will reload again once it is ready"
             )
-            self.next_reload = Reload()
-        if answer is not None:
-            self.next_reload.enlist(answer)
 
     def upgrade(self, answer: Answer | None) -> None:
         """Become the installed version in place (handover.py); workers untouched."""
@@ -514,7 +361,7 @@ class Supervisor:
             )
             return
         self.stopping = True
-        self.retry_at = None
+        self.policy.retry_at = None
         self.notify_systemd("STOPPING=1\nSTATUS=stopping: draining every generation")
         to_send = self.settings.signal_on_term if received == signal.SIGTERM else signal.SIGTERM
         self.log.event(
@@ -565,8 +412,8 @@ class Supervisor:
             self.notify_systemd(f"STATUS={self.status_text()}")
         elif state is State.SERVING:
             if was in (State.STARTING, State.ROLLING):
-                gen.ready_at = self.last_restart = now
-                gen.streak_at_ready, self.failures = self.failures, 0
+                gen.ready_at = now
+                gen.streak_at_ready = self.policy.ready(now)
                 became = "is ready"
             else:  # RETIRING, kept: its successor died on probation
                 became = "serves again"
@@ -645,10 +492,10 @@ class Supervisor:
             self._enter(gen, State.KILLED)
 
     def _start_generation(self, reload: Reload, is_reload: bool) -> None:
-        self.retry_at = None
+        self.policy.retry_at = None
         self.generation_count += 1
         number = self.generation_count
-        self.reloads.append(reload)
+        self.ledger.begin(reload)
         if is_reload:
             reload.started_at = self.host.now()
             self.notify_reloading(f"reloading: starting generation {number}")
@@ -690,7 +537,7 @@ class Supervisor:
         if gen.state is State.STARTING and self._rolls_in(gen, previous):
             self._enter(gen, State.ROLLING, how)
             return
-        for reload in self._reloads_of(gen):
+        for reload in self.ledger.of(gen):
             reload.replaced = previous
         self._enter(gen, State.SERVING, how)
         if previous is not None or gen.is_reload:
@@ -791,8 +638,7 @@ class Supervisor:
                 f"had {workers.ready} of {workers.full} workers ready, and no more within "
                 f"{self.settings.ready_timeout:g}s (--ready-timeout)"
             )
-            for reload in self._reloads_of(gen):
-                reload.failure = reason
+            self.ledger.failed(gen, reason)
             self.log.event(
                 Event.FAILED,
                 f"worker {gen.pid} (generation {gen.number}) {reason}: the roll stops",
@@ -820,7 +666,7 @@ class Supervisor:
     def _probation_of(self, gen: Generation) -> Generation | None:
         """The generation ``gen`` replaced, if it is still kept (RETIRING):
         ``gen`` is then on probation."""
-        for reload in self.reloads:
+        for reload in self.ledger.in_flight:
             kept = reload.replaced
             if reload.generation is gen and kept is not None and kept.state is State.RETIRING:
                 return kept
@@ -833,9 +679,8 @@ class Supervisor:
         assert gen.ready_at is not None
         lived = self.host.now() - gen.ready_at
         reason = f"died {lived:.1f}s after it was ready, {described}, within --kill-old-delay"
-        for reload in self._reloads_of(gen):
-            reload.failure = reason
-        self.failures += 1
+        self.ledger.failed(gen, reason)
+        self.policy.failed()
         self.log.event(
             Event.FAILED,
             f"worker {gen.pid} (generation {gen.number}) {reason}; "
@@ -891,7 +736,8 @@ class Supervisor:
             return f"no READY=1 within {self.settings.ready_timeout:g}s (--ready-timeout), killed"
         lived = self.host.now() - gen.spawned_at
         # The hint once per streak of failures, not at every retry.
-        if lived < QUICK_EXIT_SECONDS and self.failures == 0 and _may_have_bound(status):
+        first = self.policy.failures == 0
+        if lived < QUICK_EXIT_SECONDS and first and _may_have_bound(status):
             self.log.line(
                 f"hint: worker {gen.pid} exited {lived:.2f}s after its start; if it "
                 "reported 'Address already in use', it binds the port itself instead "
@@ -901,52 +747,31 @@ class Supervisor:
         return f"exited before it was ready, {described}"
 
     def _start_failed(self, gen: Generation, reason: str) -> None:
-        self.failures += 1
-        for reload in self._reloads_of(gen):
-            reload.failure = reload.failure or reason  # a roll stopped says why it was
+        self.policy.failed()
+        self.ledger.failed(gen, reason)
         if gen.is_reload:
             self.notify_systemd(
                 f"READY=1\nSTATUS=reload failed: generation {gen.number} {reason}; "
                 f"{self.status_text()}"
             )
         self._settle_reloads()
-        if self.next_reload is not None:
+        if self.ledger.next is not None:
             # Asked again while this one was starting: perhaps with a fix.
             self._start_next_reload()
             return
         self._schedule_retry(f"generation {gen.number} failed to start", after_death=False)
 
     def _start_next_reload(self) -> None:
-        if self.next_reload is not None and self._pending() is None:
-            reload, self.next_reload = self.next_reload, None
+        if self.ledger.next is not None and self._pending() is None:
+            reload = self.ledger.take_next()
+            assert reload is not None
             self._start_generation(reload, is_reload=self._serving() is not None)
 
     # -- reloads ------------------------------------------------------------
 
     def _settle_reloads(self) -> None:
         """Answer every reload whose outcome is known."""
-        for reload in list(self.reloads):
-            outcome = self._outcome(reload)
-            if outcome is not None:
-                self.reloads.remove(reload)
-                self._recorded(reload, *outcome)
-                reload.answer(*outcome)
-        if self.stopping and self.next_reload is not None:
-            self.next_reload.answer(False, "start_server is stopping")
-            self.next_reload = None
-
-    def _recorded(self, reload: Reload, ok: bool, message: str) -> None:
-        # A reload cut short by a stop is no outcome of the new code.
-        if self.stopping:
-            return
-        if reload.started_at is not None and reload.generation is not None:
-            self.record.reload_done(
-                reload.generation.number,
-                ok,
-                None if ok else message,
-                reload.started_at,
-                self.host.now(),
-            )
+        self.ledger.settle(self._outcome, self.host.now(), self.stopping)
 
     def _outcome(self, reload: Reload) -> tuple[bool, str] | None:
         gen, old = reload.generation, reload.replaced
@@ -984,56 +809,35 @@ class Supervisor:
             return True, f"old worker {old.pid} exited before its signal"
         return None  # RETIRING: waits for --kill-old-delay
 
-    # -- backoff and auto-restart ---------------------------------------------
-
-    # The backoff.  A streak of failures starts at the first failure after a
-    # generation became ready (becoming ready ends a streak).  Each failed start
-    # adds one and waits --interval, doubled for each further failure up to
-    # --backoff-max.  A serving generation that dies before it has served
-    # --backoff-max carries on the streak its own start ended, so an app that
-    # crashes soon after each start still backs off; one that served longer
-    # starts a new streak.  The first unexpected death of a streak respawns
-    # at once, as Perl does.
+    # -- backoff and auto-restart (restart_policy.py) ------------------------------
 
     def _count_death(self, gen: Generation) -> None:
         assert gen.ready_at is not None
-        served = self.host.now() - gen.ready_at
-        carried = gen.streak_at_ready if served < self.settings.backoff_max else 0
-        self.failures = max(self.failures, carried) + 1
+        self.policy.died(self.host.now() - gen.ready_at, gen.streak_at_ready)
 
     def _schedule_retry(self, why: str, after_death: bool) -> None:
-        steps = self.failures - (2 if after_death else 1)
-        delay = (
-            0.0
-            if steps < 0
-            else min(max(self.settings.interval, 1.0) * 2**steps, self.settings.backoff_max)
-        )
+        delay = self.policy.delay(after_death)
         if delay <= 0:
             self._retry()
             return
-        self.retry_at = self.host.now() + delay
+        self.policy.retry_at = self.host.now() + delay
+        failures, longest = self.policy.failures, self.settings.backoff_max
         self.log.line(
-            f"{why}; retrying in {delay:g}s (failure {self.failures} in a row, "
-            f"backoff doubles up to {self.settings.backoff_max:g}s)",
+            f"{why}; retrying in {delay:g}s (failure {failures} in a row, "
+            f"backoff doubles up to {longest:g}s)",
             priority=WARNING,
         )
         self.notify_systemd(f"STATUS={self.status_text()}; {why}, retrying in {delay:g}s")
 
     def _retry(self) -> None:
-        self.retry_at = None
+        self.policy.retry_at = None
         self._start_generation(Reload(), is_reload=self._serving() is not None)
 
     def _auto_restart_at(self) -> float | None:
-        if (
-            self.stopping
-            or self.last_restart is None
-            or self._pending() is not None
-            or not self.auto_restart
-        ):
+        if self.stopping or self._pending() is not None or not self.policy.auto_restart:
             return None
         interval = self._tunables().auto_restart_interval
-        # With old workers still draining, wait up to twice the interval (Perl).
-        return self.last_restart + interval * (2 if self._old() else 1)
+        return self.policy.auto_restart_at(interval, forced=bool(self._old()))
 
     def _auto_restart(self) -> None:
         self.log.event(
@@ -1041,7 +845,7 @@ class Supervisor:
             f"autorestart triggered ({'forced, ' if self._old() else ''}"
             f"interval={self._tunables().auto_restart_interval:g})",
         )
-        self.last_restart = self.host.now()  # once per interval, even if the start fails
+        self.policy.last_restart = self.host.now()  # once per interval, even if it fails
         self.request_reload(None, None)
 
     def _tunables(self) -> Tunables:
@@ -1053,10 +857,6 @@ class Supervisor:
             return Tunables.from_environ({})
 
     # -- what others see ------------------------------------------------------
-
-    def _reloads_of(self, gen: Generation) -> list[Reload]:
-        """The reloads in flight that started ``gen``."""
-        return [reload for reload in self.reloads if reload.generation is gen]
 
     def _generation(self, pid: int) -> Generation | None:
         return next((g for g in self.generations if g.pid == pid), None)
@@ -1142,7 +942,7 @@ class Supervisor:
             }
             for g in self.generations
         ]
-        finished = self.record.last_reload
+        finished = self.ledger.record.last_reload
         if finished is not None:
             duration = finished["duration_seconds"]
             finished = {
@@ -1151,7 +951,7 @@ class Supervisor:
                 "duration_seconds": None if duration is None else round(duration, 3),
             }
         last = finished
-        running = [r for r in self.reloads if r.started_at is not None and r.generation]
+        running = self.ledger.running()
         if running:
             reload = running[-1]
             assert reload.started_at is not None and reload.generation is not None
@@ -1166,19 +966,19 @@ class Supervisor:
             "superdaemon": {
                 "pid": self.host.pid(),
                 "version": __version__,
-                "started_at": wall(self.record.started_at),
-                "uptime_seconds": round(now - self.record.started_at, 3),
+                "started_at": wall(self.ledger.record.started_at),
+                "uptime_seconds": round(now - self.ledger.record.started_at, 3),
             },
             "stopping": self.stopping,
             "serving_generation": serving.number if serving is not None else None,
             "generations": generations,
             "last_reload": last,
             "last_finished_reload": finished,
-            "last_success_at": wall(self.record.last_success_at),
-            "reloads": {**self.record.reloads, IN_PROGRESS: len(running)},
-            "failure_streak": self.failures,
-            "next_retry_at": wall(self.retry_at),
-            "worker_exits": dict(self.record.exits),
+            "last_success_at": wall(self.ledger.record.last_success_at),
+            "reloads": {**self.ledger.record.reloads, IN_PROGRESS: len(running)},
+            "failure_streak": self.policy.failures,
+            "next_retry_at": wall(self.policy.retry_at),
+            "worker_exits": dict(self.ledger.record.exits),
         }
 
     def publish(self) -> None:
@@ -1219,26 +1019,18 @@ class Supervisor:
         counters and backoff, and the reloads in flight with the clients
         waiting for each, named by their place in ``clients`` (those the
         hand-over lists; any other is left out)."""
-
-        def reload_data(reload: Reload) -> ReloadState:
-            return {
-                "generation": reload.generation.number if reload.generation else None,
-                "replaced": reload.replaced.number if reload.replaced else None,
-                "failure": reload.failure,
-                "answers": [i for i, client in enumerate(clients) if client.waits_for is reload],
-                "started_at": reload.started_at,
-            }
-
+        ledger, policy = self.ledger, self.policy
+        following = ledger.next
         return {
             "generations": [g.to_dict() for g in self.generations],
             "generation_count": self.generation_count,
-            "failures": self.failures,
-            "retry_at": self.retry_at,
-            "last_restart": self.last_restart,
+            "failures": policy.failures,
+            "retry_at": policy.retry_at,
+            "last_restart": policy.last_restart,
             "stopping": self.stopping,
-            "reloads": [reload_data(r) for r in self.reloads],
-            "next_reload": reload_data(self.next_reload) if self.next_reload else None,
-            "record": self.record.to_dict(),
+            "reloads": [ledger.reload_data(r, clients) for r in ledger.in_flight],
+            "next_reload": ledger.reload_data(following, clients) if following else None,
+            "record": ledger.record.to_dict(),
         }
 
     def restore(self, data: SupervisorState, clients: Sequence[Answer] = ()) -> None:
@@ -1246,9 +1038,9 @@ class Supervisor:
         it named them by."""
         self.generations = [Generation.from_dict(g) for g in data["generations"]]
         self.generation_count = data["generation_count"]
-        self.failures = data["failures"]
-        self.retry_at = data["retry_at"]
-        self.last_restart = data["last_restart"]
+        self.policy.failures = data["failures"]
+        self.policy.retry_at = data["retry_at"]
+        self.policy.last_restart = data["last_restart"]
         self.stopping = data["stopping"]
         by_number = {g.number: g for g in self.generations}
 
@@ -1260,22 +1052,13 @@ class Supervisor:
             gone.ready_at = 0.0 if was_ready else None
             return by_number.get(number, gone)
 
-        def reload_from(entry: ReloadState) -> Reload:
-            reload = Reload()
-            reload.generation = numbered(entry["generation"], was_ready=False)
-            reload.replaced = numbered(entry["replaced"], was_ready=True)
-            reload.failure = entry["failure"]
-            for index in entry["answers"]:
-                reload.enlist(clients[index])
-            reload.started_at = entry.get("started_at")
-            return reload
-
-        self.reloads = [reload_from(r) for r in data["reloads"]]
+        ledger = self.ledger
+        ledger.in_flight = [ledger.reload_from(r, clients, numbered) for r in data["reloads"]]
         following = data["next_reload"]
-        self.next_reload = reload_from(following) if following else None
+        ledger.next = ledger.reload_from(following, clients, numbered) if following else None
         record = data.get("record")
         if record is not None:  # 0.1 kept none: the record starts at the upgrade
-            self.record = Record.from_dict(record)
+            ledger.record = Record.from_dict(record)
 
 
 def _may_have_bound(status: int) -> bool:
