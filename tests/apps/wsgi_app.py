@@ -1,7 +1,7 @@
 """A dependency-free WSGI app for the gunicorn tests.
 
 Replies with its generation and pid; with WSGI_APP_BROKEN set it raises at
-import (a broken deploy)."""
+import (a broken deploy).  /slow takes 100 ms, /50ms 50 ms."""
 
 import os
 import time
@@ -32,6 +32,13 @@ if os.environ.get("WSGI_APP_BOOTS_DIR"):
             time.sleep(3600)
         raise RuntimeError(f"import {_count} of generation {GENERATION} fails, as told")
 
+# The app is loaded in this process: an empty file named by its pid in
+# WSGI_APP_LOADED_DIR (make bench MODE=memory tells the workers that hold
+# the app from those still importing it).
+if os.environ.get("WSGI_APP_LOADED_DIR"):
+    with open(os.path.join(os.environ["WSGI_APP_LOADED_DIR"], str(os.getpid())), "w"):
+        pass
+
 
 def app(environ, start_response):  # type: ignore[no-untyped-def]
     if environ.get("PATH_INFO") == "/stream":  # its head and a first part, the rest 0.5 s later
@@ -41,6 +48,8 @@ def app(environ, start_response):  # type: ignore[no-untyped-def]
         return _paused(parts)
     if environ.get("PATH_INFO") == "/slow":
         time.sleep(0.1)
+    elif environ.get("PATH_INFO") == "/50ms":
+        time.sleep(0.05)
     elif environ.get("PATH_INFO") == "/echo":  # reads the body, answers after 20 ms
         environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         time.sleep(0.02)

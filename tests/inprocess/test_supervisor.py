@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import jsonschema
@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server_starter.contract import parse_notify as parse
 from server_starter.superdaemon.environment import read_envdir
+from server_starter.superdaemon.events import Exited, HostEvent, Notified, Requested, Signalled
 from server_starter.superdaemon.generation import State
 from server_starter.superdaemon.journal import EventLog
 from server_starter.superdaemon.reloads import Answer
@@ -41,6 +42,8 @@ class FakeHost(Host):
         self.spawn_error: str | None = None
         self.promoted: list[int] = []  # rank_as_serving(): less likely OOM victims
         self.metrics: list[str] = []  # each metrics file written
+        self.script: list[list[HostEvent]] = []  # what each wait() yields, in turn
+        self.waits: list[float | None] = []  # the deadline each wait() was given
 
     def now(self) -> float:
         return self.clock
@@ -78,8 +81,17 @@ class FakeHost(Host):
     def write_metrics_file(self, path: str, text: str) -> None:
         self.metrics.append(text)
 
-    def wait(self, supervisor: Supervisor, deadline: float | None) -> None:
-        raise AssertionError("the tests deliver events themselves")
+    def wait(self, deadline: float | None) -> Iterator[HostEvent]:
+        """The next batch of ``script``; an empty one: nothing happened, and
+        the clock moves to the deadline (with none, the loop would block
+        forever: a test error)."""
+        self.waits.append(deadline)
+        assert self.script, "the script ran out: the loop would wait for more"
+        batch = self.script.pop(0)
+        if not batch:
+            assert deadline is not None, "nothing happens and no deadline: blocked forever"
+            self.clock = max(self.clock, deadline)
+        yield from batch
 
 
 class Answers(Answer):
@@ -1063,3 +1075,38 @@ def test_max_surge_needs_require_notify_and_a_worker_count() -> None:
     rig.supervisor.on_message(rig.pid(1), {"X_SERVER_STARTER_WORKERS": "4/4"})
     assert "sent X_SERVER_STARTER_WORKERS='4/4', not READY/TARGET/FULL: ignored" in rig.log
     assert pool.counts[1] == [4, 4, 4]
+
+
+# -- the loop, with the host's events ------------------------------------------------
+
+
+def test_the_loop_handles_the_hosts_events_in_order_until_it_has_stopped() -> None:
+    rig = Rig(require_notify=True)
+    answers = Answers()
+    first, second = rig.host.next_pid + 1, rig.host.next_pid + 2
+    rig.host.script = [
+        [Notified(first, {"READY": "1"})],
+        [Requested("reload", answers)],
+        [Notified(second, {"READY": "1"}), Exited(first, 0)],
+        [Signalled(TERM)],
+        # Handled: the last worker's exit ends the loop; what follows is not read.
+        [Exited(second, 0), Signalled(signal.SIGHUP)],
+    ]
+    rig.supervisor.start()
+    assert rig.supervisor.loop() == 0
+    assert rig.host.script == []
+    assert answers.one == (True, f"generation 2 is serving; sent TERM to worker {first}")
+    assert "received HUP" not in rig.log
+    assert rig.log.rstrip().endswith("exiting")
+    # Idle between events: every wait but the stop's had no deadline.
+    assert rig.host.waits[:4] == [60.0 + 1000.0, None, 60.0 + 1000.0, None]
+
+
+def test_the_loop_runs_what_is_due_when_nothing_happens() -> None:
+    rig = Rig(interval=2.0)
+    pid = rig.host.next_pid + 1
+    rig.host.script = [[], [Signalled(TERM)], [Exited(pid, 0)]]
+    rig.supervisor.start()
+    assert rig.supervisor.loop() == 0
+    assert rig.host.waits[0] == 1002.0  # the interval's deadline
+    assert "is ready (alive after 2s)" in rig.log

@@ -24,6 +24,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+from .events import HostEvent, Requested
 from .notify import UCRED
 from .reloads import Answer
 from .sockets import socket_is_live
@@ -31,8 +32,6 @@ from .sockets import socket_is_live
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import IO, TypedDict
-
-    from .supervisor import Supervisor
 
     class ConnectionState(TypedDict):
         """A control client waiting, handed over: its socket and what it sent."""
@@ -231,23 +230,23 @@ class ControlServer:
         # loop would wake for it forever.  This spare one, closed for the
         # moment, lets us accept it and tell it why.
         self._spare: int | None = _open_spare()
-        self._register: Callable[[socket.socket, Callable[[Supervisor], None]], None]
+        self._register: Callable[[socket.socket, Callable[[], Iterable[HostEvent]]], None]
         self._unregister: Callable[[socket.socket], None]
 
     def attach(
         self,
-        register: Callable[[socket.socket, Callable[[Supervisor], None]], None],
+        register: Callable[[socket.socket, Callable[[], Iterable[HostEvent]]], None],
         unregister: Callable[[socket.socket], None],
     ) -> None:
         """Be called from the event loop's ``select``."""
         self._register, self._unregister = register, unregister
         register(self.sock, self._accept)
 
-    def _accept(self, _supervisor: Supervisor) -> None:
+    def _accept(self) -> list[HostEvent]:
         try:
             conn, _ = self.sock.accept()
         except BlockingIOError:
-            return
+            return []
         except OSError as err:
             if err.errno not in (errno.EMFILE, errno.ENFILE) or self._spare is None:
                 raise
@@ -255,15 +254,16 @@ class ControlServer:
             with contextlib.suppress(OSError), self.sock.accept()[0] as refused:
                 refused.sendall(b"error start_server is out of file descriptors (LimitNOFILE=)\n")
             self._spare = _open_spare()
-            return
+            return []
         conn.setblocking(False)
         if peer_uid(conn) not in (0, os.getuid()):
             with contextlib.suppress(OSError):
                 conn.sendall(b"error permission denied\n")
             conn.close()
-            return
+            return []
         self.connections = [c for c in self.connections if not c.done]
         self.connections.append(_Connection(conn, self._register, self._unregister))
+        return []
 
     def close(self) -> None:
         self.sock.close()
@@ -308,7 +308,7 @@ class _Connection(Answer):
     def __init__(
         self,
         conn: socket.socket,
-        register: Callable[[socket.socket, Callable[[Supervisor], None]], None],
+        register: Callable[[socket.socket, Callable[[], Iterable[HostEvent]]], None],
         unregister: Callable[[socket.socket], None],
     ) -> None:
         super().__init__()
@@ -318,26 +318,26 @@ class _Connection(Answer):
         self.unregister = unregister
         register(conn, self._readable)
 
-    def _readable(self, supervisor: Supervisor) -> None:
+    def _readable(self) -> list[HostEvent]:
         try:
             chunk = self.conn.recv(MAX_REQUEST)
         except BlockingIOError:
-            return
+            return []
         except OSError:
             chunk = b""
         if not chunk:  # the client gave up
             self._close()
-            return
+            return []
         if b"\n" in self.buffer:
-            return  # one request per connection; anything after it is ignored
+            return []  # one request per connection; anything after it is ignored
         self.buffer += chunk
         line, newline, _ = self.buffer.partition(b"\n")
         if not newline:
             if len(self.buffer) > MAX_REQUEST:
                 self.answer(False, "request too long")
-            return
+            return []
         self.buffer = line + b"\n"
-        supervisor.on_request(line.decode(errors="replace").strip(), self)
+        return [Requested(line.decode(errors="replace").strip(), self)]
 
     def __call__(self, ok: bool, message: str) -> None:
         self.answer(ok, message)
@@ -351,7 +351,7 @@ class _Connection(Answer):
     def adopt(
         cls,
         state: ConnectionState,
-        register: Callable[[socket.socket, Callable[[Supervisor], None]], None],
+        register: Callable[[socket.socket, Callable[[], Iterable[HostEvent]]], None],
         unregister: Callable[[socket.socket], None],
     ) -> _Connection:
         conn = socket.socket(fileno=state["fd"])

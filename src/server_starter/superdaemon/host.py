@@ -16,20 +16,22 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .. import contract
 from . import notify, oom
 from .control import ControlServer, replace_file, write_status_file
 from .environment import read_envdir
+from .events import Exited, HostEvent, Notified, Signalled
 from .settings import Settings
 from .spawn import reap, resource_error, spawn
-from .supervisor import HANDLED_SIGNALS, Host, Supervisor
+from .supervisor import HANDLED_SIGNALS, Host
 
 # How long a status message to systemd may wait for room in its queue.
 NOTIFY_TIMEOUT = 2.0
 
-Handler = Callable[[Supervisor], None]
+# What the loop calls when a descriptor is readable: it reads, and says what happened.
+Handler = Callable[[], Iterable[HostEvent]]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
@@ -105,13 +107,12 @@ class SystemHost(Host):
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self._register(self._wakeup_read, self._on_signals)
 
-    def _on_signals(self, supervisor: Supervisor) -> None:
+    def _on_signals(self) -> list[HostEvent]:
         try:
             data = self._wakeup_read.recv(4096)
         except BlockingIOError:
-            return
-        for number in data:
-            supervisor.on_signal(number)
+            return []
+        return [Signalled(number) for number in data]
 
     # -- the Host interface ---------------------------------------------------
 
@@ -151,10 +152,8 @@ class SystemHost(Host):
 
     def _watch(self, worker: _Worker) -> None:
         self.workers[worker.pid] = worker
-        self._register(worker.pidfd, lambda supervisor: self._on_pidfd(supervisor, worker))
-        self._register(
-            worker.notifier.sock, lambda supervisor: self._on_notify_socket(supervisor, worker)
-        )
+        self._register(worker.pidfd, lambda: self._on_pidfd(worker))
+        self._register(worker.notifier.sock, lambda: self._on_notify_socket(worker))
 
     # -- the hand-over of an in-place upgrade (see handover.py) ---------------
 
@@ -183,12 +182,12 @@ class SystemHost(Host):
         if self.rank_for_oom:
             oom.set_score(pid, self.serving_score)
 
-    def _on_pidfd(self, supervisor: Supervisor, worker: _Worker) -> None:
+    def _on_pidfd(self, worker: _Worker) -> list[HostEvent]:
         status = reap(worker.pid)
         if status is None:
-            return
+            return []
         self._forget(worker)
-        supervisor.on_exit(worker.pid, status, oom_killed=self._oom_killed(status))
+        return [Exited(worker.pid, status, oom_killed=self._oom_killed(status))]
 
     def _oom_killed(self, status: int) -> bool:
         """Whether this SIGKILL was the OOM killer's: its count went up."""
@@ -198,9 +197,8 @@ class SystemHost(Host):
         seen, self.oom_kills_seen = self.oom_kills_seen, kills
         return kills is not None and seen is not None and kills > seen
 
-    def _on_notify_socket(self, supervisor: Supervisor, worker: _Worker) -> None:
-        for message in worker.notifier.receive():
-            supervisor.on_message(worker.pid, message)
+    def _on_notify_socket(self, worker: _Worker) -> list[HostEvent]:
+        return [Notified(worker.pid, message) for message in worker.notifier.receive()]
 
     def _forget(self, worker: _Worker) -> None:
         del self.workers[worker.pid]
@@ -233,13 +231,11 @@ class SystemHost(Host):
         # whatever the service's UMask=.
         replace_file(path, text, mode=0o644)
 
-    def wait(self, supervisor: Supervisor, deadline: float | None) -> None:
+    def wait(self, deadline: float | None) -> Iterator[HostEvent]:
         timeout = None if deadline is None else max(0.0, deadline - self.now())
         for key, _mask in self.selector.select(timeout):
-            if supervisor.finished:
-                return
             handler: Handler = key.data
-            handler(supervisor)
+            yield from handler()
 
     def close(self) -> None:
         """Stop catching signals; send TERM to any worker still running (only

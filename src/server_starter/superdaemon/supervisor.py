@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterator, Sequence
 from .. import __version__
 from ..contract import START_WORKERS_VARIABLE, WORKERS_FIELD, WorkerCount
 from .environment import worker_environment
+from .events import Exited, HostEvent, Notified, Signalled
 from .generation import Generation, Resize, State
 from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
 from .reloads import IN_PROGRESS, UPGRADE, Answer, Ledger, Record, Reload
@@ -149,13 +150,17 @@ class Host(abc.ABC):
         """Replace the metrics file with ``text``, readable by all (raises OSError)."""
 
     @abc.abstractmethod
-    def wait(self, supervisor: Supervisor, deadline: float | None) -> None:
-        """Block until an event (delivered to the supervisor's ``on_*``
-        methods) or until ``deadline``."""
+    def wait(self, deadline: float | None) -> Iterator[HostEvent]:
+        """Block until something happens or until ``deadline``, then yield
+        what happened, one event at a time: the next is read only once the
+        supervisor has handled the one before (an in-place upgrade execs
+        while handling one, and what is not read yet stays for the next
+        image)."""
 
 
 class Supervisor:
-    """Reacts to events (``on_*``) and deadlines; owns every generation."""
+    """Reacts to the host's events (``handle``, ``on_*``) and to deadlines;
+    owns every generation."""
 
     def __init__(
         self,
@@ -199,10 +204,23 @@ class Supervisor:
     def loop(self) -> int:
         self.publish()
         while not self.finished:
-            self.host.wait(self, self.next_deadline())
+            for event in self.host.wait(self.next_deadline()):
+                self.handle(event)
+                if self.finished:
+                    break
             self.on_time()
             self.publish()  # after each event only: idle, nothing is written
         return 0
+
+    def handle(self, event: HostEvent) -> None:
+        if isinstance(event, Signalled):
+            self.on_signal(event.number)
+        elif isinstance(event, Exited):
+            self.on_exit(event.pid, event.status, event.oom_killed)
+        elif isinstance(event, Notified):
+            self.on_message(event.pid, event.fields)
+        else:
+            self.on_request(event.command, event.answer)
 
     def _timers(self) -> Iterator[tuple[float, Callable[[], None]]]:
         """Every deadline and what happens when it passes: each written once."""
