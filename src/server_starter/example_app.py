@@ -55,14 +55,22 @@ between reloads):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import math
 import os
 import re
+import selectors
 import signal
+import socket
+import struct
 import sys
 import time
-from typing import NamedTuple
+import traceback
+from collections.abc import Callable
+from typing import NamedTuple, NoReturn
 
-from . import asyncio_servers, listener
+from . import asyncio_servers, contract, listener
 
 # A connection waiting this long for a request (its first, or the next on a
 # kept-alive one) is closed, also during a drain: uvicorn's default.  A
@@ -770,11 +778,10 @@ class HTTPConnection(asyncio.Protocol):
             self.timer = None
 
 
-async def serve(children: list[int], body_limit: int) -> int:
+async def serve(body_limit: int, ready: Callable[[], object]) -> int:
     """One process answering on the sockets, reading bodies up to
-    ``body_limit`` bytes.  The first one (``children`` names the others)
-    tells the superdaemon when it is ready, passes the stop signal on and
-    reports the generation's outcome."""
+    ``body_limit`` bytes: ``ready()`` once it accepts; on SIGTERM (or
+    SIGINT) it drains and returns 0."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
@@ -786,66 +793,397 @@ async def serve(children: list[int], body_limit: int) -> int:
     if not servers:
         print("example app: no stream socket in SERVER_STARTER_PORT", file=sys.stderr)
         return 1
-    siblings = Siblings(loop, children, stop)
-    listener.notify_ready(f"generation {listener.generation()} serving")
+    ready()
     await stop.wait()
     listener.notify_stopping()
-    siblings.stop()
     cut = await servers.drain(DRAIN_TIMEOUT)
     if cut:
         print(f"example app: {cut} connections cut after {DRAIN_TIMEOUT:g} s", file=sys.stderr)
-    return await siblings.wait(DRAIN_TIMEOUT)
+    return 0
 
 
-class Siblings:
-    """The first process's view of the others: a stop is passed on to them;
-    one dying on its own stops the whole generation, so that the superdaemon
-    starts a complete new one."""
+def serve_process(body_limit: int, boot: float, ready: Callable[[], object]) -> int:
+    """A serving process, the stop signals blocked: its boot (a stop
+    signal during it ends it at once, exit 0), then ``serve()``."""
+    if boot > 0 and signal.sigtimedwait(STOP_SIGNALS, boot) is not None:
+        return 0
+    return asyncio_servers.run(serve(body_limit, ready))
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, pids: list[int], stop: asyncio.Event
-    ) -> None:
-        self.loop = loop
-        self.stop_requested = stop
+
+# -- EXAMPLE_APP_PROCESSES=N: a parent and its N serving processes ----------------
+
+FAST_FAILURE_SECONDS = 1.0  # a process dying before it has served this long failed fast
+GIVE_UP_AFTER = 5  # fast failures in a row, with no process serving that long between
+FIRST_BACKOFF = 0.1  # seconds before replacing a fast failure, doubled for each in a row
+KILL_AFTER = DRAIN_TIMEOUT + 5.0  # a process stopped and still running then is killed
+PARENT_SIGNALS = {*STOP_SIGNALS, signal.SIGTTIN, signal.SIGTTOU}
+READY_RECORD = struct.Struct("=i")  # a process's pid, once it serves: an atomic pipe write
+
+
+class Child:
+    """A serving process, as its parent sees it."""
+
+    __slots__ = ("kill_at", "pid", "pidfd", "ready_at", "started_at")
+
+    def __init__(self, pid: int, pidfd: int, started_at: float) -> None:
+        self.pid, self.pidfd, self.started_at = pid, pidfd, started_at
+        self.ready_at: float | None = None  # when it told the parent it serves
+        self.kill_at: float | None = None  # asked to drain: SIGKILL if still running then
+
+    @property
+    def stopping(self) -> bool:
+        return self.kill_at is not None
+
+
+class Parent:
+    """``EXAMPLE_APP_PROCESSES=N`` with N above 1: this process serves
+    nothing; it runs N processes that do, as gunicorn's arbiter runs its
+    workers, and takes part in rolling reloads (contract.py).
+
+    - Each process writes its pid to a pipe shared by all of them once it
+      accepts (an atomic 4-byte write): the parent counts it ready.
+    - ``READY=1`` once as many as it runs (``SERVER_STARTER_START_WORKERS``
+      during a rolling reload, else N) are ready; from then on
+      ``X_SERVER_STARTER_WORKERS=READY/TARGET/N`` whenever a count changes
+      (a process asked to stop counts as ready until it exits).
+    - SIGTTIN: one more process.  SIGTTOU: one fewer, never fewer than
+      one: the oldest is sent SIGTERM, its own graceful stop (it finishes
+      every connection it accepted, then exits).
+    - A process that dies unasked is replaced, alone.  One that dies before
+      it has served ``FAST_FAILURE_SECONDS`` is replaced after a pause that
+      doubles from ``FIRST_BACKOFF``; at ``GIVE_UP_AFTER`` of those in a row
+      (none started since the last one having served that long) the parent
+      gives up: it stops the others as on SIGTERM, and exits 1.
+    - SIGTERM or SIGINT: every process drains, then the parent exits 0
+      (1 if one ended badly).
+
+    Event-driven: one selector waits on the readiness pipe, each process's
+    pidfd and the signals (``signal.set_wakeup_fd``), with a timeout only
+    for what is due at a time (a paused replacement, a kill)."""
+
+    def __init__(self, full: int, body_limit: int, boot: float) -> None:
+        self.full = full
+        self.target = contract.start_workers(full)
+        self.body_limit, self.boot = body_limit, boot
+        self.children: dict[int, Child] = {}  # oldest first
         self.stopping = False
         self.failed = False
-        self.running: dict[int, int] = {}  # pid: pidfd
-        self.all_exited = asyncio.Event()
-        for pid in pids:
-            pidfd = os.pidfd_open(pid)
-            self.running[pid] = pidfd
-            loop.add_reader(pidfd, self._exited, pid)
-        if not self.running:
-            self.all_exited.set()
+        self.ready_sent = False
+        self.reported = ""
+        self.generation = listener.generation() or 0
+        self.name = (
+            f"example app (generation {self.generation})" if self.generation else "example app"
+        )
+        # Fast failures in a row: how many, the last one's time, and when
+        # the next process may start (a pause after one).
+        self.streak = 0
+        self.last_failure = -math.inf
+        self.hold_until = -math.inf
+        self.replacing: list[int] = []  # the pids whose replacements are still to start
+        # Only the parent speaks to the superdaemon.
+        self.notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
+        self.selector = selectors.EpollSelector()
+        self.ready_read, self.ready_write = os.pipe()
+        os.set_blocking(self.ready_read, False)
+        self.ready_buffer = b""
+        self.selector.register(self.ready_read, selectors.EVENT_READ, self._read_ready)
+        self.wakeup_read, self.wakeup_write = socket.socketpair()
+        self.wakeup_read.setblocking(False)
+        self.wakeup_write.setblocking(False)
+        self.selector.register(self.wakeup_read, selectors.EVENT_READ, self._signalled)
+        import ctypes  # here: a single process does without it
+
+        self.libc = ctypes.CDLL(None, use_errno=True)
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, PARENT_SIGNALS)
+        for signum in PARENT_SIGNALS:
+            signal.signal(signum, _wake_only)
+        signal.set_wakeup_fd(self.wakeup_write.fileno(), warn_on_full_buffer=False)
+        self._steer()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, PARENT_SIGNALS)  # any held during the boot too
+        while self.children or not self.stopping:
+            events = self.selector.select(self._timeout())
+            self._read_ready()  # first: what a process wrote before it died
+            for key, _ in events:
+                if key.data is not self._read_ready:
+                    key.data()
+            self._due()
+            self._steer()
+        return 1 if self.failed else 0
+
+    # -- events -------------------------------------------------------------------
+
+    def _read_ready(self) -> None:
+        while True:
+            try:
+                data = os.read(self.ready_read, 4096)
+            except BlockingIOError:
+                return
+            if not data:  # cannot be: the parent holds the write end
+                return
+            self.ready_buffer += data
+            size = READY_RECORD.size
+            while len(self.ready_buffer) >= size:
+                (pid,) = READY_RECORD.unpack(self.ready_buffer[:size])
+                self.ready_buffer = self.ready_buffer[size:]
+                child = self.children.get(pid)
+                if child is not None and child.ready_at is None:
+                    child.ready_at = time.monotonic()
+                    self.log(f"process {pid} ready ({self._counts()})")
+
+    def _signalled(self) -> None:
+        while True:
+            try:
+                data = self.wakeup_read.recv(4096)
+            except BlockingIOError:
+                return
+            for signum in data:
+                if signum in STOP_SIGNALS:
+                    self._stop(f"{signal.Signals(signum).name}: draining")
+                elif self.stopping:
+                    continue
+                elif signum == signal.SIGTTIN:
+                    self.target += 1
+                    self.log(f"SIGTTIN: one more process ({self.target} of {self.full})")
+                elif signum == signal.SIGTTOU and self.target > 1:
+                    self.target -= 1
+                    self.log(f"SIGTTOU: one process fewer ({self.target} of {self.full})")
+                elif signum == signal.SIGTTOU:
+                    self.log("SIGTTOU: one process left, which stays")
 
     def _exited(self, pid: int) -> None:
-        pidfd = self.running.pop(pid)
-        self.loop.remove_reader(pidfd)
-        os.close(pidfd)
+        child = self.children.pop(pid)
+        self.selector.unregister(child.pidfd)
+        os.close(child.pidfd)
         _, status = os.waitpid(pid, 0)
-        if not self.stopping or os.waitstatus_to_exitcode(status) != 0:
-            print(
-                f"example app: process {pid} ended with status {status}, stopping this generation",
-                file=sys.stderr,
-            )
+        how = describe_status(status)
+        if child.stopping or self.stopping:
+            if self.stopping and status != 0:
+                self.failed = True
+            self.log(f"process {pid} stopped ({how})")
+            return
+        now = time.monotonic()
+        served = None if child.ready_at is None else now - child.ready_at
+        if served is not None and served >= FAST_FAILURE_SECONDS:
+            self.log(f"process {pid} died ({how}) after serving {served:.1f} s; replacing it")
+            self.replacing.append(pid)
+            return
+        self.streak += 1
+        self.last_failure = now
+        when = "before serving" if served is None else f"after serving {served:.2f} s"
+        fast = f"{self.streak} in a row died before serving {FAST_FAILURE_SECONDS:g} s"
+        if self.streak >= GIVE_UP_AFTER:
+            self.log(f"process {pid} died ({how}) {when}; {fast}: giving up, stopping the others")
             self.failed = True
-            self.stop_requested.set()
-        if not self.running:
-            self.all_exited.set()
+            self._stop()
+            return
+        pause = FIRST_BACKOFF * 2 ** (self.streak - 1)
+        self.hold_until = max(self.hold_until, now + pause)
+        self.log(
+            f"process {pid} died ({how}) {when}; replacing it in {pause:g} s "
+            f"({fast}; at {GIVE_UP_AFTER} it gives up)"
+        )
+        self.replacing.append(pid)
 
-    def stop(self) -> None:
+    # -- what is due at a time ----------------------------------------------------
+
+    def _deadlines(self) -> list[float]:
+        deadlines = [
+            c.kill_at
+            for c in self.children.values()
+            if c.kill_at is not None and c.kill_at < math.inf  # not once killed
+        ]
+        if not self.stopping and self._active() < self.target:
+            deadlines.append(self.hold_until)
+        forgive = self._forgive_at()
+        if forgive is not None:
+            deadlines.append(forgive)
+        return deadlines
+
+    def _timeout(self) -> float | None:
+        deadlines = self._deadlines()
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _forgive_at(self) -> float | None:
+        """When the fast failures in a row are forgotten: once a process
+        started after the last one has served ``FAST_FAILURE_SECONDS``."""
+        proof = self._proof()
+        return (
+            None
+            if proof is None or proof.ready_at is None
+            else proof.ready_at + FAST_FAILURE_SECONDS
+        )
+
+    def _proof(self) -> Child | None:
+        """The first process ready of those started since the last fast
+        failure, while there is a streak to forget."""
+        if not self.streak:
+            return None
+        started_since = (
+            c
+            for c in self.children.values()
+            if c.ready_at is not None and c.started_at > self.last_failure and not c.stopping
+        )
+        return min(started_since, key=lambda c: c.ready_at or 0.0, default=None)
+
+    def _due(self) -> None:
+        now = time.monotonic()
+        forgive = self._forgive_at()
+        if forgive is not None and forgive <= now:
+            proof = self._proof()
+            assert proof is not None
+            failures = plural(self.streak, "fast failure", "fast failures")
+            self.log(
+                f"process {proof.pid} has served {FAST_FAILURE_SECONDS:g} s: "
+                f"{failures} in a row forgotten"
+            )
+            self.streak = 0
+        for child in self.children.values():
+            if child.kill_at is not None and child.kill_at <= now:
+                self.log(
+                    f"process {child.pid} still running {KILL_AFTER:g} s after its stop: killed"
+                )
+                child.kill_at = math.inf
+                os.kill(child.pid, signal.SIGKILL)
+
+    # -- steering -----------------------------------------------------------------
+
+    def _active(self) -> int:
+        return sum(not c.stopping for c in self.children.values())
+
+    def _steer(self) -> None:
+        """Start or stop processes until the target runs, then tell the
+        superdaemon what changed."""
+        if not self.stopping:
+            active = [c for c in self.children.values() if not c.stopping]
+            for oldest in active[: max(0, len(active) - self.target)]:
+                self.log(f"stopping process {oldest.pid}, the oldest")
+                self._stop_child(oldest)
+            missing = self.target - len(active)
+            if missing <= 0:
+                self.replacing.clear()
+            elif time.monotonic() >= self.hold_until:
+                for _ in range(missing):
+                    self._start()
+        self._report()
+
+    def _counts(self) -> str:
+        ready = sum(c.ready_at is not None for c in self.children.values())
+        return f"{ready}/{self.target}/{self.full}"
+
+    def _report(self) -> None:
+        counts = self._counts()
+        message = ""
+        if not self.ready_sent:
+            if self.stopping:
+                return
+            ready = sum(c.ready_at is not None and not c.stopping for c in self.children.values())
+            if ready < self.target:
+                return
+            self.ready_sent = True
+            serving = plural(ready, "process", "processes")
+            message = f"READY=1\nSTATUS=generation {self.generation} serving with {serving}\n"
+        if counts != self.reported:
+            self.reported = counts
+            self._tell(f"{message}{contract.WORKERS_FIELD}={counts}")
+
+    def log(self, message: str) -> None:
+        print(f"{self.name}: {message}", file=sys.stderr)
+
+    def _tell(self, message: str) -> None:
+        if self.notify_socket:
+            with contextlib.suppress(OSError):  # the superdaemon is gone, or stalled
+                contract.notify(message, self.notify_socket, timeout=1.0)
+
+    def _stop(self, why: str = "") -> None:
+        if self.stopping:
+            return
         self.stopping = True
-        for pid in self.running:
-            os.kill(pid, signal.SIGTERM)
+        if why:
+            self.log(f"{why} its {plural(len(self.children), 'process', 'processes')}")
+        if self.ready_sent:
+            self._tell("STOPPING=1")
+        for child in self.children.values():
+            if not child.stopping:
+                self._stop_child(child)
 
-    async def wait(self, timeout: float) -> int:
+    def _stop_child(self, child: Child) -> None:
+        child.kill_at = time.monotonic() + KILL_AFTER
+        os.kill(child.pid, signal.SIGTERM)  # exited and not yet reaped: a zombie takes it
+
+    # -- a new process ------------------------------------------------------------
+
+    def _start(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Held in the child until its loop has handlers; never run there by
+        # the parent's handlers, which would wake the parent.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, PARENT_SIGNALS)
         try:
-            await asyncio.wait_for(self.all_exited.wait(), timeout)
-        except TimeoutError:
-            for pid in self.running:
-                os.kill(pid, signal.SIGKILL)
-            await self.all_exited.wait()
-        return 1 if self.failed else 0
+            pid = os.fork()
+            if pid == 0:
+                self._child()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        child = Child(pid, os.pidfd_open(pid), time.monotonic())
+        self.children[pid] = child
+        self.selector.register(
+            child.pidfd, selectors.EVENT_READ, functools.partial(self._exited, pid)
+        )
+        why = f", replacing {self.replacing.pop(0)}" if self.replacing else ""
+        self.log(f"process {pid} started ({self._active()} of {self.target}{why})")
+
+    def _child(self) -> NoReturn:
+        """In the new process: the parent's descriptors and signal handlers
+        dropped, it serves, and ends with the parent."""
+        code = 1
+        try:
+            parent = os.getppid()
+            signal.set_wakeup_fd(-1)
+            for signum in PARENT_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(0)
+            os.close(self.selector.fileno())  # not its methods: the epoll set is shared
+            for child in self.children.values():
+                os.close(child.pidfd)
+            os.close(self.ready_read)
+            self.wakeup_read.close()
+            self.wakeup_write.close()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, PARENT_SIGNALS - STOP_SIGNALS)
+            code = serve_process(self.body_limit, self.boot, self._tell_parent)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _tell_parent(self) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: PDEATHSIG stops us
+            os.write(self.ready_write, READY_RECORD.pack(os.getpid()))
+
+
+def _wake_only(signum: int, frame: object) -> None:
+    """The parent's signal handler: the wakeup descriptor says which."""
+
+
+def describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            return f"killed by {signal.Signals(signum).name}"
+        except ValueError:
+            return f"killed by signal {signum}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+def plural(count: int, one: str, more: str) -> str:
+    return f"{count} {one if count == 1 else more}"
 
 
 def processes() -> int:
@@ -862,22 +1200,6 @@ def max_body() -> int:
     return int(value)
 
 
-def fork_sibling(body_limit: int) -> int:
-    """A child that answers like its parent and ends with it."""
-    parent = os.getpid()
-    pid = os.fork()
-    if pid:
-        return pid
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(0)
-    os.environ.pop("NOTIFY_SOCKET", None)  # readiness is the first process's to tell
-    os._exit(asyncio_servers.run(serve([], body_limit)))
-
-
 def main() -> int:
     failure = os.environ.get("EXAMPLE_APP_FAIL")
     if failure:
@@ -891,13 +1213,17 @@ def main() -> int:
     except (listener.NotUnderServerStarter, ValueError) as err:
         print(f"example app: {err}", file=sys.stderr)
         return 1
-    # Held until each process's event loop has its handlers; a stop signal
-    # during the boot ends it at once.
+    # Held until the event loop (or the parent's selector) has its
+    # handlers; a stop signal during the boot ends it at once.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    if boot > 0 and signal.sigtimedwait(STOP_SIGNALS, boot) is not None:
-        return 0
-    children = [fork_sibling(body_limit) for _ in range(count - 1)]
-    return asyncio_servers.run(serve(children, body_limit))
+    if count == 1:
+        generation = listener.generation()
+        return serve_process(
+            body_limit, boot, lambda: listener.notify_ready(f"generation {generation} serving")
+        )
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401  (imported once, before the processes are forked)
+    return Parent(count, body_limit, boot).run()
 
 
 if __name__ == "__main__":

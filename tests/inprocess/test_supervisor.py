@@ -17,14 +17,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server_starter.contract import parse_notify as parse
 from server_starter.superdaemon.environment import read_envdir
-from server_starter.superdaemon.events import Exited, HostEvent, Notified, Requested, Signalled
+from server_starter.superdaemon.events import (
+    Checked,
+    Exited,
+    HostEvent,
+    Notified,
+    Requested,
+    Signalled,
+)
 from server_starter.superdaemon.generation import State
 from server_starter.superdaemon.journal import EventLog
 from server_starter.superdaemon.reloads import Answer
 from server_starter.superdaemon.report import metrics_text, status_table
 from server_starter.superdaemon.settings import SettingError, Settings, parse_label
 from server_starter.superdaemon.spawn import SpawnError
-from server_starter.superdaemon.supervisor import Host, Supervisor
+from server_starter.superdaemon.supervisor import Host, Supervisor, Upgrader
 
 TERM, KILL = signal.SIGTERM, signal.SIGKILL
 WALL_OFFSET = 1_800_000_000.0  # the fake wall clock: the monotonic one plus this
@@ -1110,3 +1117,46 @@ def test_the_loop_runs_what_is_due_when_nothing_happens() -> None:
     assert rig.supervisor.loop() == 0
     assert rig.host.waits[0] == 1002.0  # the interval's deadline
     assert "is ready (alive after 2s)" in rig.log
+
+
+class FakeUpgrader(Upgrader):
+    def __init__(self) -> None:
+        self.checks = 0
+        self.results: list[tuple[Checked, list[Answer | None]]] = []
+
+    def check(self) -> None:
+        self.checks += 1
+
+    def checked(self, checked: Checked, answers: Sequence[Answer | None]) -> None:
+        self.results.append((checked, list(answers)))
+
+
+def test_the_upgrade_check_runs_beside_the_loop_and_answers_all_who_asked_meanwhile() -> None:
+    rig = Rig(require_notify=True).serving_by_notify()
+    upgrader = rig.supervisor.upgrader = FakeUpgrader()
+    first, second = Answers(), Answers()
+    rig.supervisor.on_request("upgrade", first)
+    assert upgrader.checks == 1
+    # The loop goes on while the installed version is checked: a reload runs.
+    rig.supervisor.request_reload(None, None)
+    rig.ready(2)
+    assert rig.state(2) is State.SERVING
+    rig.supervisor.on_request("upgrade", second)
+    rig.supervisor.on_signal(signal.SIGUSR2)
+    assert upgrader.checks == 1  # one check answers them all
+    rig.supervisor.handle(Checked("9.9", None))
+    ((checked, answers),) = upgrader.results
+    assert checked.version == "9.9"
+    assert answers == [first, second, None]
+    assert first.waits_for == "upgrade" and second.waits_for == "upgrade"
+
+
+def test_a_stop_during_the_upgrade_check_refuses_the_upgrade() -> None:
+    rig = Rig(require_notify=True).serving_by_notify()
+    upgrader = rig.supervisor.upgrader = FakeUpgrader()
+    asked = Answers()
+    rig.supervisor.on_request("upgrade", asked)
+    rig.supervisor.on_signal(TERM)
+    rig.supervisor.handle(Checked("9.9", None))
+    assert upgrader.results == []
+    assert asked.one == (False, "start_server is stopping")

@@ -7,6 +7,7 @@ to its whole."""
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -18,7 +19,17 @@ import pytest
 
 from harness.http_clients import generation_of
 from harness.load import Load
-from harness.processes import ROOT, START_SERVER, children, free_port, restart, running, worker_env
+from harness.processes import (
+    ROOT,
+    START_SERVER,
+    Daemon,
+    children,
+    free_port,
+    restart,
+    run_start_server,
+    running,
+    worker_env,
+)
 
 APPS = ROOT / "tests" / "apps"
 PYTHONS = {
@@ -187,3 +198,77 @@ def test_a_release_that_breaks_midway_leaves_the_old_generation_whole(
         assert generation_of(port) == 1
     assert load.failures == [], load.failures[:5]
     assert load.total() > 0
+
+
+@contextmanager
+def rolling_slowly(tmp_path: Path) -> Iterator[tuple[Daemon, Path, int]]:
+    """gunicorn -w 4 whose workers take 1 s to import, so that a roll takes
+    seconds: long enough to act in its middle."""
+    port, pid_file = free_port(), tmp_path / "pid"
+    argv = [
+        *start_server_argv(port, pid_file, "--max-surge=1"),
+        *gunicorn(PYTHONS["pypi"], "-k", "sync"),
+    ]
+    with running(argv, env=env(WSGI_APP_IMPORT_SECONDS="1")) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)", timeout=30)
+        yield daemon, pid_file, port
+
+
+def restart_in_background(pid_file: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [START_SERVER, "--restart", f"--pid-file={pid_file}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_an_upgrade_during_a_roll_carries_it_on(tmp_path: Path) -> None:
+    """The superdaemon becomes the installed version in place mid-roll: the
+    new image goes on rolling, and answers the client that asked for the
+    reload; no request fails."""
+    with rolling_slowly(tmp_path) as (daemon, pid_file, port), Load(port, threads=20) as load:
+        reloading = restart_in_background(pid_file)
+        daemon.wait_for(r"sending TTIN to worker \d+ \(generation 2, 1 of 4")
+        upgraded = run_start_server("--upgrade", f"--pid-file={pid_file}", timeout=60)
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert "upgraded in place" in upgraded.stderr
+        output, _ = reloading.communicate(timeout=60)
+        assert reloading.returncode == 0, output + daemon.output()[-3000:]
+        assert "generation 2 is serving" in output
+        log = daemon.output()
+        after = log[log.index("upgraded in place") :]
+        assert re.search(r"sending TTIN to worker \d+ \(generation 2, [23] of 4", after), after
+        assert "(generation 2) is ready (all 4 workers ready)" in after
+        assert generation_of(port) == 2
+    assert load.failures == [], load.failures[:5]
+
+
+def test_a_reload_asked_during_a_roll_rolls_after_it(tmp_path: Path) -> None:
+    with rolling_slowly(tmp_path) as (daemon, pid_file, port), Load(port, threads=20) as load:
+        first = restart_in_background(pid_file)
+        daemon.wait_for(r"rolling it in")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for(r"generation 2 is still starting; will reload again once it is ready")
+        output, _ = first.communicate(timeout=60)
+        assert first.returncode == 0, output
+        daemon.wait_for(r"\(generation 3\) is ready with 1 of 4 workers", timeout=30)
+        daemon.wait_for(r"\(generation 3\) is ready \(all 4 workers ready\)", timeout=60)
+        assert generation_of(port) == 3
+    assert load.failures == [], load.failures[:5]
+
+
+def test_a_stop_during_a_roll_drains_both_generations(tmp_path: Path) -> None:
+    with rolling_slowly(tmp_path) as (daemon, pid_file, port), Load(port, threads=20) as load:
+        reloading = restart_in_background(pid_file)
+        daemon.wait_for(r"sending TTIN to worker \d+ \(generation 2")
+        load.stop.set()  # the requests in flight now must finish during the drain
+        daemon.signal(signal.SIGTERM)
+        output, _ = reloading.communicate(timeout=60)
+        assert reloading.returncode == 1
+        assert "start_server is stopping" in output
+        assert daemon.wait(timeout=60) == 0
+    log = daemon.output()
+    assert re.search(r"received TERM, sending TERM to all workers:\d+,\d+", log), log[-2000:]
+    assert not re.search(r"sending TT(IN|OU)", log[log.index("received TERM") :])
+    assert load.failures == [], load.failures[:5]

@@ -46,4 +46,14 @@ class Requested:
         self.command, self.answer = command, answer
 
 
-HostEvent = Signalled | Exited | Notified | Requested
+class Checked:
+    """The installed version's check for an in-place upgrade is done: its
+    version, or why it cannot take over (``Host.check_in_background``)."""
+
+    __slots__ = ("error", "version")
+
+    def __init__(self, version: str | None, error: str | None) -> None:
+        self.version, self.error = version, error
+
+
+HostEvent = Signalled | Exited | Notified | Requested | Checked

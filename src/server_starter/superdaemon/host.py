@@ -22,7 +22,7 @@ from .. import contract
 from . import notify, oom
 from .control import ControlServer, replace_file, write_status_file
 from .environment import read_envdir
-from .events import Exited, HostEvent, Notified, Signalled
+from .events import Checked, Exited, HostEvent, Notified, Signalled
 from .settings import Settings
 from .spawn import reap, resource_error, spawn
 from .supervisor import HANDLED_SIGNALS, Host
@@ -230,6 +230,30 @@ class SystemHost(Host):
         # Readable by the collector's user (node_exporter runs as its own),
         # whatever the service's UMask=.
         replace_file(path, text, mode=0o644)
+
+    def check_in_background(self, check: Callable[[], Checked]) -> None:
+        """Run ``check`` (the installed version's upgrade check, which runs a
+        process for up to 20 s) on a thread of its own; its result comes
+        back through the loop as an event, so the loop goes on meanwhile."""
+        import threading  # only for an upgrade: the resident superdaemon does without it
+
+        done_read, done_write = socket.socketpair()
+        result: list[HostEvent] = []
+
+        def run() -> None:
+            try:
+                result.append(check())
+            finally:
+                done_write.send(b".")
+
+        def finished() -> list[HostEvent]:
+            self._unregister(done_read)
+            done_read.close()
+            done_write.close()
+            return result
+
+        self._register(done_read, finished)
+        threading.Thread(target=run, name="upgrade-check", daemon=True).start()
 
     def wait(self, deadline: float | None) -> Iterator[HostEvent]:
         timeout = None if deadline is None else max(0.0, deadline - self.now())

@@ -16,6 +16,7 @@ from .. import __version__
 from ..contract import encode_ports
 from .control import ControlServer, PidFile, control_socket_path, listen_control
 from .environment import RESUME_VARIABLE
+from .events import Checked
 from .host import SystemHost
 from .journal import WARNING, Event, EventLog, under_systemd
 from .reloads import UPGRADE
@@ -33,7 +34,7 @@ from .sockets import (
     parse_port,
     remove_socket_path,
 )
-from .supervisor import Supervisor
+from .supervisor import Supervisor, Upgrader
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class Opened:
         self.pid_file, self.control = pid_file, control
 
 
-class Running:
+class Running(Upgrader):
     """What a running superdaemon holds, and its hand-over to a new image.
     It releases the control socket, the status file and the workers left
     (after an internal error) through ``cleanup``; the listeners and the
@@ -161,40 +162,70 @@ class Running:
         self.supervisor = Supervisor(
             settings, ports, listen_fdnames(listeners), environ, self.host, self.log
         )
-        self.supervisor.upgrader = self.upgrade
+        self.supervisor.upgrader = self
+        self.checked_layout = 1  # the hand-over format the last check was for
 
-    def upgrade(self, answer: Answer | None) -> None:
-        """Become the installed version in place (see handover.py): check it,
-        then exec it with the whole state.  Returns only when the upgrade did
-        not happen (and says why)."""
-        try:
-            self._upgrade(answer)
-        except Exception as err:  # the installed files may be any version's: never die of it
-            self._upgrade_refused(answer, f"the installed version's hand-over failed: {err!r}")
+    # -- the in-place upgrade (supervisor.Upgrader) -------------------------------
 
-    def _upgrade(self, answer: Answer | None) -> None:
+    def check(self) -> None:
+        """Check the installed version on a thread of its own (a process of
+        up to 20 s, handover.check_installed): the loop goes on meanwhile,
+        and ``checked`` follows."""
         # Imported only now: its code would cost the resident superdaemon memory.
         from . import handover
 
         self.log.event(Event.UPGRADE, "received upgrade request, checking the installed version")
-        states = [generation.state.value for generation in self.supervisor.generations]
-        layout = handover_format(sys.argv[1:], states)
+        layout = self._layout()
+        self.checked_layout = layout
+
+        def check_installed() -> Checked:
+            try:
+                # The module is the installed version's, perhaps an earlier
+                # one's, whose check_installed() takes no format: it checks 1.
+                version = (
+                    handover.check_installed(layout) if layout != 1 else handover.check_installed()
+                )
+            except TypeError:  # an earlier version's check_installed(): it reads format 1 only
+                return Checked(
+                    None,
+                    "the installed version is an earlier one, which cannot take this "
+                    "superdaemon's options or generations' states: restart the service instead",
+                )
+            except handover.UpgradeError as err:
+                return Checked(None, str(err))
+            except Exception as err:  # the installed files may be any version's
+                return Checked(None, f"the installed version's hand-over failed: {err!r}")
+            return Checked(version, None)
+
+        self.host.check_in_background(check_installed)
+
+    def checked(self, checked: Checked, answers: Sequence[Answer | None]) -> None:
+        """Become the installed version in place (see handover.py): exec it
+        with the whole state.  Returns only when the upgrade did not happen
+        (and says why)."""
         try:
-            # The module is the installed version's, perhaps an earlier one's,
-            # whose check_installed() takes no format: it checks format 1.
-            new_version = (
-                handover.check_installed(layout) if layout != 1 else handover.check_installed()
-            )
-        except TypeError:  # an earlier version's check_installed(), which reads format 1 only
-            self._upgrade_refused(
-                answer,
-                "the installed version is an earlier one, which cannot take this superdaemon's "
-                "options or evicted generations: restart the service instead",
-            )
+            self._upgrade(checked, answers)
+        except Exception as err:  # the installed files may be any version's: never die of it
+            self._upgrade_refused(answers, f"the installed version's hand-over failed: {err!r}")
+
+    def _layout(self) -> int:
+        states = [generation.state.value for generation in self.supervisor.generations]
+        return handover_format(sys.argv[1:], states)
+
+    def _upgrade(self, checked: Checked, answers: Sequence[Answer | None]) -> None:
+        from . import handover
+
+        if checked.error is not None or checked.version is None:
+            self._upgrade_refused(answers, checked.error or "the check said nothing")
             return
-        except handover.UpgradeError as err:
-            self._upgrade_refused(answer, str(err))
+        layout = self._layout()
+        if layout > self.checked_layout:
+            # A generation came to a state the checked format cannot carry
+            # (a roll began) while the check ran: check again, for this one.
+            self.supervisor.upgrade_answers = list(answers)
+            self.check()
             return
+        new_version = checked.version
         self.supervisor.notify_reloading(f"upgrading start_server {__version__} to {new_version}")
         fds = handover.Descriptors()
         keep = fds.keep
@@ -220,17 +251,18 @@ class Running:
             handover.exec_new_image(state_fd, fds.kept)
         except OSError as err:
             os.close(state_fd)
-            self._upgrade_refused(answer, f"exec {err.filename or ''} failed: {err.strerror}")
+            self._upgrade_refused(answers, f"exec {err.filename or ''} failed: {err.strerror}")
 
-    def _upgrade_refused(self, answer: Answer | None, reason: str) -> None:
+    def _upgrade_refused(self, answers: Sequence[Answer | None], reason: str) -> None:
         self.log.event(
             Event.UPGRADE,
             f"upgrade refused, start_server {__version__} keeps running: {reason}",
             priority=WARNING,
         )
         self.supervisor.notify_systemd(f"READY=1\nSTATUS={self.supervisor.status_text()}")
-        if answer is not None:
-            answer(False, reason)
+        for answer in answers:
+            if answer is not None:
+                answer(False, reason)
 
 
 # What the versions that read only hand-over format 1 cannot take: the

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator, Sequence
 from .. import __version__
 from ..contract import START_WORKERS_VARIABLE, WORKERS_FIELD, WorkerCount
 from .environment import worker_environment
-from .events import Exited, HostEvent, Notified, Signalled
+from .events import Checked, Exited, HostEvent, Notified, Requested, Signalled
 from .generation import Generation, Resize, State
 from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
 from .reloads import IN_PROGRESS, UPGRADE, Answer, Ledger, Record, Reload
@@ -96,6 +96,19 @@ OOM_KILLED = " by the OOM killer: the service is out of memory (MemoryMax=?)"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # Every signal on_signal acts on: HUP reloads, USR2 upgrades in place.
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, *STOP_SIGNALS)
+
+
+class Upgrader(abc.ABC):
+    """The in-place upgrade (serve.py owns what it hands over)."""
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Start checking the installed version, in the background: a
+        :class:`Checked` event follows."""
+
+    @abc.abstractmethod
+    def checked(self, checked: Checked, answers: Sequence[Answer | None]) -> None:
+        """Exec the installed version, or answer each of ``answers`` why not."""
 
 
 class Host(abc.ABC):
@@ -193,7 +206,9 @@ class Supervisor:
         # Not handed over: the new image runs its own loop.
         self.finished = False
         # In-place upgrade (handover.py), given by whoever owns the resources.
-        self.upgrader: Callable[[Answer | None], None] | None = None
+        self.upgrader: Upgrader | None = None
+        # Waiting for the installed version's check (None: no check running).
+        self.upgrade_answers: list[Answer | None] | None = None
 
     # -- the loop ---------------------------------------------------------
 
@@ -219,8 +234,10 @@ class Supervisor:
             self.on_exit(event.pid, event.status, event.oom_killed)
         elif isinstance(event, Notified):
             self.on_message(event.pid, event.fields)
-        else:
+        elif isinstance(event, Requested):
             self.on_request(event.command, event.answer)
+        else:
+            self.on_checked(event)
 
     def _timers(self) -> Iterator[tuple[float, Callable[[], None]]]:
         """Every deadline and what happens when it passes: each written once."""
@@ -368,7 +385,19 @@ class Supervisor:
         assert self.upgrader is not None
         if answer is not None:
             answer.waits_for = UPGRADE
-        self.upgrader(answer)
+        if self.upgrade_answers is not None:
+            self.upgrade_answers.append(answer)  # the check under way answers it too
+            return
+        self.upgrade_answers = [answer]
+        self.upgrader.check()
+
+    def on_checked(self, checked: Checked) -> None:
+        """The installed version's check is done: upgrade, or say why not.
+        (The loop went on meanwhile: the check may take seconds.)"""
+        answers, self.upgrade_answers = self.upgrade_answers or [], None
+        if self.upgrader is None or self.stopping:
+            return  # stop() answered them
+        self.upgrader.checked(checked, answers)
 
     def stop(self, received: signal.Signals) -> None:
         alive = list(self.generations)
@@ -390,6 +419,11 @@ class Supervisor:
             else f"received {signal_name(received)}, no worker running",
         )
         self._settle_reloads()
+        for answer in self.upgrade_answers or ():
+            if answer is not None:
+                answer(False, "start_server is stopping")
+        if self.upgrade_answers is not None:
+            self.upgrade_answers = []  # the check's result is dropped when it comes
         for gen in alive:
             if gen.state in (State.STARTING, State.ROLLING, State.SERVING, State.RETIRING):
                 self._enter(gen, State.DRAINING, sent=to_send)
