@@ -212,7 +212,7 @@ def test_ready_timeout_kills_and_counts_as_a_failed_start() -> None:
     rig.supervisor.start()
     assert rig.until_next_deadline() == 30.0
     assert rig.host.signals == [(rig.pid(1), KILL)]
-    assert rig.state(1) is State.KILLED
+    assert rig.state(1) is State.FAILED
     # The log says why, not only the exit's "killed by SIGKILL".
     why = f"worker {rig.pid(1)} (generation 1) sent no READY=1 within 30s (--ready-timeout)"
     assert f"{why}, sending KILL" in rig.log
@@ -982,7 +982,7 @@ def test_a_roll_whose_next_worker_is_never_ready_stops_and_the_old_one_grows_bac
     assert rig.host.signals[-1] == (rig.pid(2), TTIN)
     assert rig.state(2) is State.ROLLING
     assert rig.until_next_deadline() == 60.0
-    assert rig.state(2) is State.DRAINING
+    assert rig.state(2) is State.FAILED
     assert rig.host.signals[-2:] == [(rig.pid(2), TERM), (rig.pid(1), TTIN)]
     assert "had 1 of 4 workers ready, and no more within 60s (--ready-timeout)" in rig.log
     assert answers.got == []  # answered at its exit, with why
@@ -1160,3 +1160,32 @@ def test_a_stop_during_the_upgrade_check_refuses_the_upgrade() -> None:
     rig.supervisor.handle(Checked("9.9", None))
     assert upgrader.results == []
     assert asked.one == (False, "start_server is stopping")
+
+
+def test_a_stopped_roll_still_running_after_the_stop_timeout_is_killed() -> None:
+    rig, pool = rolling_rig()
+    start_roll(rig, pool)
+    pool.answer_signals(boot=False)
+    rig.until_next_deadline()  # --ready-timeout: the roll stops, TERM
+    assert rig.state(2) is State.FAILED
+    pool.answer_signals()  # generation 1 grows back
+    assert rig.until_next_deadline() == 85.0  # --stop-timeout
+    assert rig.host.signals[-1] == (rig.pid(2), KILL)
+    assert rig.state(2) is State.FAILED
+    assert rig.supervisor.next_deadline() is None  # its exit comes next
+
+
+def test_a_start_killed_for_no_ready_by_an_earlier_version_is_failed_after_the_upgrade() -> None:
+    rig = Rig(require_notify=True, ready_timeout=30.0).serving_by_notify()
+    rig.supervisor.request_reload(None, None)
+    data = json.loads(json.dumps(rig.supervisor.snapshot()))
+    data["generations"][1].update(state="killed", deadline=None)  # as 0.1 wrote it
+    for entry in data["generations"]:
+        for newer in ("workers", "resize", "failure"):
+            del entry[newer]
+    other = Rig(require_notify=True, ready_timeout=30.0)
+    other.supervisor.restore(data)
+    assert other.state(2) is State.FAILED
+    other.exit(2, status=9)
+    assert other.state(1) is State.SERVING
+    assert "seems to have failed to start" in other.log

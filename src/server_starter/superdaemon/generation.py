@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
         ready_at: float | None
         streak_at_ready: int
         since: float  # absent from the first versions' hand-over
+        failure: str | None  # absent before rolling reloads
         workers: str | None  # absent before rolling reloads
         resize: ResizeState | None  # absent before rolling reloads
 
@@ -34,12 +35,19 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
 class State(enum.Enum):
     STARTING = "starting"  # deadline: ready by --interval (or --ready-timeout)
     ROLLING = "rolling"  # ready with some workers, grown while the serving one shrinks
+    FAILED = "failed"  # its start or roll failed: stopped; deadline: SIGKILL, unless sent
     SERVING = "serving"  # no deadline
     RETIRING = "retiring"  # replaced; deadline: signal it after --kill-old-delay
     DRAINING = "draining"  # signalled; deadline: SIGKILL after --stop-timeout
     EVICTED = "evicted"  # over --max-draining, sent --signal-on-term; deadline: SIGKILL
-    KILLED = "killed"  # sent SIGKILL; waits for its exit
+    KILLED = "killed"  # served, replaced, still running after --stop-timeout: sent SIGKILL
     REAPED = "reaped"  # exited; no longer the supervisor's
+
+
+# The states of a generation that has not served (yet): its exit is a failed start.
+UNPROVEN = frozenset({State.STARTING, State.ROLLING, State.FAILED})
+# The states of one that served and was replaced.
+REPLACED = frozenset({State.RETIRING, State.DRAINING, State.EVICTED, State.KILLED})
 
 
 class Resize:
@@ -78,6 +86,7 @@ class Generation:
 
     __slots__ = (
         "deadline",
+        "failure",
         "is_reload",
         "number",
         "pid",
@@ -111,6 +120,7 @@ class Generation:
         self.ready_at = ready_at  # None: never served, so its exit is a failed start
         self.streak_at_ready = streak_at_ready  # failures in a row its start ended
         self.since = spawned_at if since is None else since  # in its state since
+        self.failure: str | None = None  # why it failed (FAILED)
         self.workers: WorkerCount | None = None  # None: it reports no workers
         self.resize: Resize | None = None  # a SIGTTIN or SIGTTOU in flight
 
@@ -125,23 +135,28 @@ class Generation:
             "ready_at": self.ready_at,
             "streak_at_ready": self.streak_at_ready,
             "since": self.since,
+            "failure": self.failure,
             "workers": None if self.workers is None else str(self.workers),
             "resize": None if self.resize is None else self.resize.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: GenerationState) -> Generation:
+        state = State(data["state"])
+        if state is State.KILLED and data["ready_at"] is None:
+            state = State.FAILED  # the versions before FAILED killed a start this way
         gen = cls(
             number=data["number"],
             pid=data["pid"],
             spawned_at=data["spawned_at"],
             is_reload=data["is_reload"],
-            state=State(data["state"]),
+            state=state,
             deadline=data["deadline"],
             ready_at=data["ready_at"],
             streak_at_ready=data["streak_at_ready"],
             since=data.get("since"),
         )
+        gen.failure = data.get("failure")
         workers, resize = data.get("workers"), data.get("resize")
         gen.workers = None if workers is None else WorkerCount.parse(workers)
         gen.resize = None if resize is None else Resize.from_dict(resize)

@@ -144,11 +144,12 @@ class Reload:
     when start_server stops.  Requests that arrive while a generation is
     starting join the next reload (coalescing)."""
 
-    __slots__ = ("answers", "failure", "generation", "replaced", "started_at")
+    __slots__ = ("answers", "failure", "generation", "number", "replaced", "started_at")
 
     def __init__(self) -> None:
         self.answers: list[Answer] = []
-        self.generation: Generation | None = None  # started for this reload
+        self.number: int | None = None  # of the generation started for it
+        self.generation: Generation | None = None  # that generation, once spawned
         self.replaced: Generation | None = None  # serving when `generation` became ready
         self.failure: str | None = None  # why `generation` failed
         self.started_at: float | None = None  # its generation's spawn, when one served
@@ -209,7 +210,7 @@ class Ledger:
 
     def running(self) -> list[Reload]:
         """Reloads under way: those whose generation was started beside a serving one."""
-        return [r for r in self.in_flight if r.started_at is not None and r.generation]
+        return [r for r in self.in_flight if r.started_at is not None and r.number is not None]
 
     def settle(self, outcome: Outcome, now: float, stopping: bool) -> None:
         """Answer every reload whose ``outcome`` is known, and record it (a
@@ -220,11 +221,9 @@ class Ledger:
                 continue
             self.in_flight.remove(reload)
             ok, message = known
-            if not stopping and reload.started_at is not None and reload.generation is not None:
+            if not stopping and reload.started_at is not None and reload.number is not None:
                 reason = None if ok else message
-                self.record.reload_done(
-                    reload.generation.number, ok, reason, reload.started_at, now
-                )
+                self.record.reload_done(reload.number, ok, reason, reload.started_at, now)
             reload.answer(ok, message)
         if stopping and self.next is not None:
             self.next.answer(False, "start_server is stopping")
@@ -235,7 +234,7 @@ class Ledger:
     @staticmethod
     def reload_data(reload: Reload, clients: Sequence[Answer]) -> ReloadState:
         return {
-            "generation": reload.generation.number if reload.generation else None,
+            "generation": reload.number,
             "replaced": reload.replaced.number if reload.replaced else None,
             "failure": reload.failure,
             "answers": [i for i, client in enumerate(clients) if client.waits_for is reload],
@@ -249,6 +248,7 @@ class Ledger:
         numbered: Callable[[int | None, bool], Generation | None],
     ) -> Reload:
         reload = Reload()
+        reload.number = entry["generation"]
         reload.generation = numbered(entry["generation"], False)
         reload.replaced = numbered(entry["replaced"], True)
         reload.failure = entry["failure"]

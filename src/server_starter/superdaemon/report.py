@@ -23,7 +23,16 @@ IN_PROGRESS, FAILED = "in_progress", "failed"  # a reload's outcomes (and "succe
 
 # Every state a generation can be in, as the status and the metrics name it
 # (generation.State's values): each state's gauge is written, 0 included.
-STATES = ("starting", "rolling", "serving", "retiring", "draining", "evicted", "killed")
+STATES = (
+    "starting",
+    "rolling",
+    "failed",
+    "serving",
+    "retiring",
+    "draining",
+    "evicted",
+    "killed",
+)
 
 
 # -- the Prometheus text format -------------------------------------------------

@@ -270,7 +270,7 @@ class Running(Upgrader):
 # and die) and a generation evicted by --max-draining.  A hand-over holding
 # one is format 2, which their check refuses before anything changes.
 OPTIONS_SINCE_FORMAT_1 = ("--max-draining", "--max-surge", "--metrics-file", "--metrics-label")
-STATES_SINCE_FORMAT_1 = ("evicted", "rolling")
+STATES_SINCE_FORMAT_1 = ("evicted", "rolling", "failed")
 
 
 def handover_format(argv: Sequence[str], states: Sequence[str]) -> int:

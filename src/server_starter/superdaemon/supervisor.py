@@ -7,12 +7,19 @@ the one place where it does:
         |                 ^                      |   |                          |
         |                 +--its successor died--+   +--over --max-draining--> EVICTED
         |                    within the delay                                   |
-        +--no READY=1 within --ready-timeout--> KILLED <--still running after --stop-timeout
-        +--exit before ready--> REAPED (the start failed; the serving one is untouched)
+        +--no READY=1 within --ready-timeout--> FAILED      KILLED <--still running after
+        +--exit before ready--> REAPED (the start failed;                          --stop-timeout
+                                        the serving one is untouched)
 
     STARTING --ready, in a rolling reload--> ROLLING --all its workers ready--> SERVING
-                                               |  +--no further worker ready in time--> DRAINING
+                                               |  +--no further worker ready in time--> FAILED
                                                +--exit--> REAPED (the start failed, as above)
+
+A FAILED generation was sent SIGKILL (no READY=1) or its drain's signal (a
+roll stopped; SIGKILL after --stop-timeout), and its exit is awaited: it is
+answered then, and the next start waits for it.  STARTING, ROLLING and
+FAILED are the generations that have not served (``UNPROVEN``): their exit
+is a failed start.
 
 In a rolling reload (``--max-surge``, rolling.py), the new generation is
 ROLLING from its first workers' readiness until it has all of them: the
@@ -52,7 +59,7 @@ from .. import __version__
 from ..contract import START_WORKERS_VARIABLE, WORKERS_FIELD, WorkerCount
 from .environment import worker_environment
 from .events import Checked, Exited, HostEvent, Notified, Requested, Signalled
-from .generation import Generation, Resize, State
+from .generation import REPLACED, UNPROVEN, Generation, Resize, State
 from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
 from .reloads import IN_PROGRESS, UPGRADE, Answer, Ledger, Record, Reload
 from .restart_policy import RestartPolicy
@@ -320,14 +327,15 @@ class Supervisor:
         if self.stopping:
             self.log.event(Event.EXIT, f"worker {gen.pid} died, {raw}", **fields)
             self._finish_if_stopped()
-        elif gen.ready_at is None:
+        elif was in UNPROVEN:
             self.log.event(
                 Event.FAILED,
                 f"new worker {gen.pid} seems to have failed to start, exit {raw}",
                 priority=ERR,
                 **fields,
             )
-            self._start_failed(gen, self._why_never_ready(gen, was, status, described))
+            reason = self._why_never_ready(gen, was, status, described)
+            self._start_failed(self.ledger.of(gen), gen.number, gen.is_reload, reason)
         elif on_probation is not None:
             self._probation_failed(gen, on_probation, described)
         elif was is State.SERVING:
@@ -512,14 +520,25 @@ class Supervisor:
                 pid=gen.pid,
             )
             self.host.signal(gen.pid, sent)
+        elif state is State.FAILED:
+            # Stopped with its drain's signal (a roll), SIGKILL after
+            # --stop-timeout; or at once with SIGKILL (no READY=1 in time).
+            sent = sent or signal.SIGKILL
+            if sent != signal.SIGKILL:
+                gen.deadline = now + self.settings.stop_timeout
+            self.log.event(
+                Event.KILL if sent == signal.SIGKILL else Event.DRAIN,
+                f"worker {gen.pid} (generation {gen.number}) {how}, sending {signal_name(sent)}",
+                priority=WARNING,
+                generation=gen.number,
+                pid=gen.pid,
+            )
+            self.host.signal(gen.pid, sent)
         elif state is State.KILLED:
-            if was is State.STARTING:
-                why = f"sent no READY=1 within {self.settings.ready_timeout:g}s (--ready-timeout)"
-            else:
-                why = f"still running {self.settings.stop_timeout:g}s after its signal"
             self.log.event(
                 Event.KILL,
-                f"worker {gen.pid} (generation {gen.number}) {why}, sending KILL",
+                f"worker {gen.pid} (generation {gen.number}) still running "
+                f"{self.settings.stop_timeout:g}s after its signal, sending KILL",
                 priority=WARNING,
                 generation=gen.number,
                 pid=gen.pid,
@@ -527,13 +546,16 @@ class Supervisor:
             self.host.signal(gen.pid, signal.SIGKILL)
         elif state is State.REAPED:
             self.generations.remove(gen)
-            if gen.ready_at is not None:
+            if was not in UNPROVEN:
                 self._write_status()
 
     def _deadline_passed(self, gen: Generation) -> None:
         if gen.state is State.STARTING:
             if self.settings.require_notify:
-                self._enter(gen, State.KILLED)
+                timeout = self.settings.ready_timeout
+                gen.failure = f"no READY=1 within {timeout:g}s (--ready-timeout), killed"
+                how = f"sent no READY=1 within {timeout:g}s (--ready-timeout)"
+                self._enter(gen, State.FAILED, how)
             else:
                 self._became_ready(gen, f"alive after {self.settings.interval:g}s")
         elif gen.state is State.RETIRING:
@@ -542,6 +564,8 @@ class Supervisor:
             self._settle_reloads()
         elif gen.state in (State.DRAINING, State.EVICTED):
             self._enter(gen, State.KILLED)
+        elif gen.state is State.FAILED:
+            self._enter(gen, State.FAILED, "still running after --stop-timeout", signal.SIGKILL)
 
     def _start_generation(self, reload: Reload, is_reload: bool) -> None:
         self.policy.retry_at = None
@@ -573,10 +597,10 @@ class Supervisor:
                 priority=ERR,
                 generation=number,
             )
-            never_ran = Generation(number, -1, self.host.now(), is_reload, State.REAPED)
-            reload.generation = never_ran
-            self._start_failed(never_ran, str(err))
+            reload.number = number
+            self._start_failed([reload], number, is_reload, str(err))
             return
+        reload.number = number
         gen = Generation(number, pid, self.host.now(), is_reload)
         reload.generation = gen
         self.generations.append(gen)
@@ -690,7 +714,7 @@ class Supervisor:
                 f"had {workers.ready} of {workers.full} workers ready, and no more within "
                 f"{self.settings.ready_timeout:g}s (--ready-timeout)"
             )
-            self.ledger.failed(gen, reason)
+            gen.failure = reason
             self.log.event(
                 Event.FAILED,
                 f"worker {gen.pid} (generation {gen.number}) {reason}: the roll stops",
@@ -698,7 +722,7 @@ class Supervisor:
                 generation=gen.number,
                 pid=gen.pid,
             )
-            self._enter(gen, State.DRAINING)
+            self._enter(gen, State.FAILED, "stopped", self.settings.signal_on_hup)
             return
         waited = self.settings.ready_timeout if resize.grows else self.settings.stop_timeout
         rolling = next((g for g in self.generations if g.state is State.ROLLING), None)
@@ -765,7 +789,7 @@ class Supervisor:
             return "oom_killed"
         if self.stopping:
             return "stopped"
-        if gen.ready_at is None:
+        if was in UNPROVEN:
             return "failed_start"
         if on_probation is not None:
             return "probation"
@@ -784,8 +808,8 @@ class Supervisor:
                 f"exited during its roll with {workers.ready} of {workers.full} "
                 f"workers ready, {described}"
             )
-        if was is State.KILLED:
-            return f"no READY=1 within {self.settings.ready_timeout:g}s (--ready-timeout), killed"
+        if was is State.FAILED and gen.failure is not None:
+            return gen.failure
         lived = self.host.now() - gen.spawned_at
         # The hint once per streak of failures, not at every retry.
         first = self.policy.failures == 0
@@ -798,20 +822,23 @@ class Supervisor:
             )
         return f"exited before it was ready, {described}"
 
-    def _start_failed(self, gen: Generation, reason: str) -> None:
+    def _start_failed(
+        self, reloads: Sequence[Reload], number: int, is_reload: bool, reason: str
+    ) -> None:
+        """Generation ``number`` exited before it served, or could not be spawned."""
         self.policy.failed()
-        self.ledger.failed(gen, reason)
-        if gen.is_reload:
+        for reload in reloads:
+            reload.failure = reload.failure or reason
+        if is_reload:
             self.notify_systemd(
-                f"READY=1\nSTATUS=reload failed: generation {gen.number} {reason}; "
-                f"{self.status_text()}"
+                f"READY=1\nSTATUS=reload failed: generation {number} {reason}; {self.status_text()}"
             )
         self._settle_reloads()
         if self.ledger.next is not None:
             # Asked again while this one was starting: perhaps with a fix.
             self._start_next_reload()
             return
-        self._schedule_retry(f"generation {gen.number} failed to start", after_death=False)
+        self._schedule_retry(f"generation {number} failed to start", after_death=False)
 
     def _start_next_reload(self) -> None:
         if self.ledger.next is not None and self._pending() is None:
@@ -829,23 +856,24 @@ class Supervisor:
         gen, old = reload.generation, reload.replaced
         if self.stopping:
             return False, "start_server is stopping"
-        if gen is None:
-            return None
+        if reload.number is None:
+            return None  # not started yet
         serving = self._serving()
         if reload.failure is not None:
-            if gen.ready_at is not None:  # died on probation: the one it replaced serves
+            if gen is not None and gen.ready_at is not None:
+                # It died on probation: the one it replaced serves.
                 assert old is not None
                 return False, (
                     f"generation {gen.number} {reload.failure}; generation {old.number} "
                     f"(pid {old.pid}) keeps serving"
                 )
             keeps = "the old generation keeps serving" if serving else "no generation is serving"
-            return False, f"generation {gen.number} failed to start: {reload.failure}; {keeps}"
-        if gen.ready_at is None:
-            return None  # starting
+            return False, f"generation {reload.number} failed to start: {reload.failure}; {keeps}"
+        if gen is None or gen.ready_at is None:
+            return None  # starting, rolling, or failed and not exited yet
         if old is None:
             return True, f"generation {gen.number} (pid {gen.pid}) is ready"
-        if old.state in (State.DRAINING, State.EVICTED, State.KILLED):
+        if old.state in REPLACED and old.state is not State.RETIRING:
             now_serving = (
                 f"generation {serving.number} is serving"
                 if serving is not None
@@ -914,9 +942,9 @@ class Supervisor:
         return next((g for g in self.generations if g.pid == pid), None)
 
     def _pending(self) -> Generation | None:
-        """The generation not serving yet: STARTING, ROLLING, or stopped for
-        not being ready in time."""
-        return next((g for g in self.generations if g.ready_at is None), None)
+        """The generation that has not served yet: starting, rolling, or
+        failed and not exited yet (the next start waits for its exit)."""
+        return next((g for g in self.generations if g.state in UNPROVEN), None)
 
     def _serving(self) -> Generation | None:
         """The newest one serving (the one it replaces retires in the same step)."""
@@ -925,8 +953,7 @@ class Supervisor:
 
     def _old(self) -> list[Generation]:
         """Replaced generations, retiring or draining."""
-        serving = self._serving()
-        return [g for g in self.generations if g.ready_at is not None and g is not serving]
+        return [g for g in self.generations if g.state in REPLACED]
 
     @staticmethod
     def _pid_list(gens: Sequence[Generation]) -> str:
@@ -955,7 +982,7 @@ class Supervisor:
         path = self.settings.status_file
         if path is None:
             return
-        workers = [(g.number, g.pid) for g in self.generations if g.ready_at is not None]
+        workers = [(g.number, g.pid) for g in self.generations if g.state not in UNPROVEN]
         try:
             self.host.write_status_file(path, workers)
         except OSError as err:
