@@ -41,12 +41,13 @@ between reloads):
 
 - ``EXAMPLE_APP_FAIL``: if set and not empty, exit 1 at start with this text
   (a broken deploy).
-- ``EXAMPLE_APP_BOOT_SECONDS``: sleep this long before answering (a slow boot).
+- ``EXAMPLE_APP_BOOT_SECONDS``: each serving process sleeps this long
+  before answering (a slow boot).
 - ``EXAMPLE_APP_MESSAGE``: replaces "Hello" in the replies.
 - ``EXAMPLE_APP_PROCESSES``: how many processes serve the sockets (default
-  1).  The first forks the others, passes the stop signal on to them, and
-  stops them all if one dies, so that the superdaemon starts a whole new
-  generation.
+  1).  Above 1, the process start_server runs serves nothing: it is their
+  parent (``Parent``), which replaces one that dies, gives up on a crash
+  loop, and takes part in rolling reloads (contract.py).
 - ``EXAMPLE_APP_MAX_BODY``: the largest request body read, in bytes
   (default 1048576, 1 MiB); a longer one is answered ``413`` and its
   connection closed.
@@ -850,9 +851,10 @@ class Parent:
       one: the oldest is sent SIGTERM, its own graceful stop (it finishes
       every connection it accepted, then exits).
     - A process that dies unasked is replaced, alone.  One that dies before
-      it has served ``FAST_FAILURE_SECONDS`` is replaced after a pause that
-      doubles from ``FIRST_BACKOFF``; at ``GIVE_UP_AFTER`` of those in a row
-      (none started since the last one having served that long) the parent
+      it has served ``FAST_FAILURE_SECONDS`` (or a fork that fails) is a
+      fast failure: the next start waits for a pause that doubles from
+      ``FIRST_BACKOFF``; at ``GIVE_UP_AFTER`` of those in a row (none
+      started since the last one having served that long) the parent
       gives up: it stops the others as on SIGTERM, and exits 1.
     - SIGTERM or SIGINT: every process drains, then the parent exits 0
       (1 if one ended badly).
@@ -969,22 +971,28 @@ class Parent:
             self.log(f"process {pid} died ({how}) after serving {served:.1f} s; replacing it")
             self.replacing.append(pid)
             return
+        when = "before serving" if served is None else f"after serving {served:.2f} s"
+        if self._failed_fast(f"process {pid} died ({how}) {when}", "replacing it"):
+            self.replacing.append(pid)
+
+    def _failed_fast(self, what: str, retry: str) -> bool:
+        """One more fast failure in a row: a pause before the next start,
+        or at ``GIVE_UP_AFTER`` the end (then False)."""
+        now = time.monotonic()
         self.streak += 1
         self.last_failure = now
-        when = "before serving" if served is None else f"after serving {served:.2f} s"
-        fast = f"{self.streak} in a row died before serving {FAST_FAILURE_SECONDS:g} s"
+        failures = plural(self.streak, "fast failure", "fast failures")
         if self.streak >= GIVE_UP_AFTER:
-            self.log(f"process {pid} died ({how}) {when}; {fast}: giving up, stopping the others")
+            self.log(f"{what}; {failures} in a row: giving up, stopping the others")
             self.failed = True
             self._stop()
-            return
+            return False
         pause = FIRST_BACKOFF * 2 ** (self.streak - 1)
         self.hold_until = max(self.hold_until, now + pause)
         self.log(
-            f"process {pid} died ({how}) {when}; replacing it in {pause:g} s "
-            f"({fast}; at {GIVE_UP_AFTER} it gives up)"
+            f"{what}; {retry} in {pause:g} s ({failures} in a row; at {GIVE_UP_AFTER} it gives up)"
         )
-        self.replacing.append(pid)
+        return True
 
     # -- what is due at a time ----------------------------------------------------
 
@@ -1067,7 +1075,8 @@ class Parent:
                 self.replacing.clear()
             elif time.monotonic() >= self.hold_until:
                 for _ in range(missing):
-                    self._start()
+                    if not self._start():
+                        break
         self._report()
 
     def _counts(self) -> str:
@@ -1116,16 +1125,20 @@ class Parent:
 
     # -- a new process ------------------------------------------------------------
 
-    def _start(self) -> None:
+    def _start(self) -> bool:
         sys.stdout.flush()
         sys.stderr.flush()
         # Held in the child until its loop has handlers; never run there by
         # the parent's handlers, which would wake the parent.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, PARENT_SIGNALS)
+        parent = os.getpid()
         try:
             pid = os.fork()
             if pid == 0:
-                self._child()
+                self._child(parent)
+        except OSError as err:  # EAGAIN: out of tasks (pids.max, RLIMIT_NPROC)
+            self._failed_fast(f"cannot start a process: {err.strerror or err}", "trying again")
+            return False
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child = Child(pid, os.pidfd_open(pid), time.monotonic())
@@ -1135,13 +1148,13 @@ class Parent:
         )
         why = f", replacing {self.replacing.pop(0)}" if self.replacing else ""
         self.log(f"process {pid} started ({self._active()} of {self.target}{why})")
+        return True
 
-    def _child(self) -> NoReturn:
+    def _child(self, parent: int) -> NoReturn:
         """In the new process: the parent's descriptors and signal handlers
         dropped, it serves, and ends with the parent."""
         code = 1
         try:
-            parent = os.getppid()
             signal.set_wakeup_fd(-1)
             for signum in PARENT_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)

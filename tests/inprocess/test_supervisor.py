@@ -1189,3 +1189,20 @@ def test_a_start_killed_for_no_ready_by_an_earlier_version_is_failed_after_the_u
     other.exit(2, status=9)
     assert other.state(1) is State.SERVING
     assert "seems to have failed to start" in other.log
+
+
+def test_a_generation_shrunk_by_hand_is_left_as_the_operator_set_it() -> None:
+    rig, pool = rolling_rig()
+    pool.report(1, 4, 3, 4)  # an operator's SIGTTOU to gunicorn
+    pool.report(1, 3, 3, 4)
+    assert not [s for s in rig.host.signals if s[1] in (TTIN, TTOU)]
+    # A roll that fails leaves it as it was when the roll began: 3.
+    answers = start_roll(rig, pool)
+    assert rig.host.signals[-1] == (rig.pid(2), TTIN)  # 3 + 1 + 1: within the surge
+    pool.answer_signals(boot=False)
+    rig.until_next_deadline()  # generation 2's next worker is not ready in time
+    rig.exit(2)
+    assert not answers.one[0]
+    pool.answer_signals()
+    assert pool.counts[1] == [3, 3, 4]
+    assert (rig.pid(1), TTIN) not in rig.host.signals

@@ -272,3 +272,26 @@ def test_a_stop_during_a_roll_drains_both_generations(tmp_path: Path) -> None:
     assert re.search(r"received TERM, sending TERM to all workers:\d+,\d+", log), log[-2000:]
     assert not re.search(r"sending TT(IN|OU)", log[log.index("received TERM") :])
     assert load.failures == [], load.failures[:5]
+
+
+def test_a_program_that_reports_no_workers_is_reloaded_whole_said_once(tmp_path: Path) -> None:
+    """The asyncio recipe: one process, READY=1 and no worker count."""
+    port, pid_file = free_port(), tmp_path / "pid"
+    argv = [
+        *start_server_argv(port, pid_file, "--max-surge=1"),
+        PYTHONS["pypi"],
+        str(APPS / "asyncio_app.py"),
+    ]
+    with running(argv, env=env()) as daemon:
+        daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
+        with Load(port, threads=20) as load:
+            for number in (2, 3):
+                result = restart(pid_file)
+                assert result.returncode == 0, result.stderr
+                assert f"generation {number} is serving" in result.stderr
+        log = daemon.output()
+    assert log.count("reports no workers (X_SERVER_STARTER_WORKERS)") == 1
+    assert "takes part in no rolling reload; reloads overlap whole generations" in log
+    assert "SERVER_STARTER_START_WORKERS" not in log
+    assert not re.search(r"sending TT(IN|OU)", log)
+    assert load.failures == [], load.failures[:5]

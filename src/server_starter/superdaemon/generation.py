@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
         failure: str | None  # absent before rolling reloads
         workers: str | None  # absent before rolling reloads
         resize: ResizeState | None  # absent before rolling reloads
+        whole: int | None  # absent before rolling reloads
 
 
 class State(enum.Enum):
@@ -96,6 +97,7 @@ class Generation:
         "spawned_at",
         "state",
         "streak_at_ready",
+        "whole",
         "workers",
     )
 
@@ -123,6 +125,8 @@ class Generation:
         self.failure: str | None = None  # why it failed (FAILED)
         self.workers: WorkerCount | None = None  # None: it reports no workers
         self.resize: Resize | None = None  # a SIGTTIN or SIGTTOU in flight
+        # Its target when a roll began to shrink it: grown back to it if the roll fails.
+        self.whole: int | None = None
 
     def to_dict(self) -> GenerationState:
         return {
@@ -138,6 +142,7 @@ class Generation:
             "failure": self.failure,
             "workers": None if self.workers is None else str(self.workers),
             "resize": None if self.resize is None else self.resize.to_dict(),
+            "whole": self.whole,
         }
 
     @classmethod
@@ -157,6 +162,7 @@ class Generation:
             since=data.get("since"),
         )
         gen.failure = data.get("failure")
+        gen.whole = data.get("whole")
         workers, resize = data.get("workers"), data.get("resize")
         gen.workers = None if workers is None else WorkerCount.parse(workers)
         gen.resize = None if resize is None else Resize.from_dict(resize)

@@ -58,8 +58,12 @@ def next_steps(
 
 def restore_step(serving: Generation) -> signal.Signals | None:
     """A serving generation left short by a roll that failed is grown back
-    to its whole, one worker at a time."""
-    workers = serving.workers
-    if workers is None or serving.resize is not None or workers.target >= workers.full:
+    to the target it had when the roll began, one worker at a time (a
+    target the operator set by hand, with SIGTTOU, is left alone)."""
+    workers, whole = serving.workers, serving.whole
+    if workers is None or whole is None or serving.resize is not None:
+        return None
+    if workers.target >= whole:
+        serving.whole = None
         return None
     return GROW

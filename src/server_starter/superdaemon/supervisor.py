@@ -649,7 +649,11 @@ class Supervisor:
                 )
             return False
         self.surge_lifted = False
-        return not is_whole(gen)
+        if is_whole(gen):
+            return False
+        if serving.whole is None:
+            serving.whole = serving.workers.target
+        return True
 
     def _workers_reported(self, gen: Generation, value: str) -> None:
         workers = WorkerCount.parse(value)
@@ -662,9 +666,9 @@ class Supervisor:
             return
         gen.workers = workers
         if gen.resize is not None and gen.resize.done(workers):
-            grown_back = gen.resize.grows and gen.state is State.SERVING and is_whole(gen)
+            whole = gen.whole if gen.resize.grows and gen.state is State.SERVING else None
             gen.resize = None
-            if grown_back:
+            if whole is not None and min(workers.ready, workers.target) >= whole:
                 self.log.line(
                     f"worker {gen.pid} (generation {gen.number}) is whole again "
                     f"({workers.ready} of {workers.full} workers ready)"
@@ -1033,9 +1037,9 @@ class Supervisor:
         running = self.ledger.running()
         if running:
             reload = running[-1]
-            assert reload.started_at is not None and reload.generation is not None
+            assert reload.started_at is not None and reload.number is not None
             last = {
-                "generation": reload.generation.number,
+                "generation": reload.number,
                 "outcome": IN_PROGRESS,
                 "reason": None,
                 "started_at": wall(reload.started_at) or 0.0,
