@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness.http_clients import generation_of
-from harness.load import Load
+from harness.load import KeepAliveLoad, Load
 from harness.processes import (
     ROOT,
     START_SERVER,
@@ -280,11 +280,11 @@ def test_a_program_that_reports_no_workers_is_reloaded_whole_said_once(tmp_path:
     argv = [
         *start_server_argv(port, pid_file, "--max-surge=1"),
         PYTHONS["pypi"],
-        str(APPS / "asyncio_app.py"),
+        str(APPS / "asyncio_http_app.py"),
     ]
     with running(argv, env=env()) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
-        with Load(port, threads=20) as load:
+        with KeepAliveLoad(port, "/", threads=20) as load:
             for number in (2, 3):
                 result = restart(pid_file)
                 assert result.returncode == 0, result.stderr
@@ -295,3 +295,4 @@ def test_a_program_that_reports_no_workers_is_reloaded_whole_said_once(tmp_path:
     assert "SERVER_STARTER_START_WORKERS" not in log
     assert not re.search(r"sending TT(IN|OU)", log)
     assert load.failures == [], load.failures[:5]
+    assert load.served > 0
