@@ -1206,3 +1206,16 @@ def test_a_generation_shrunk_by_hand_is_left_as_the_operator_set_it() -> None:
     pool.answer_signals()
     assert pool.counts[1] == [3, 3, 4]
     assert (rig.pid(1), TTIN) not in rig.host.signals
+
+
+def test_a_generation_started_small_grows_whole_when_the_serving_one_died_meanwhile() -> None:
+    rig, pool = rolling_rig()
+    answers = Answers()
+    rig.supervisor.on_request("reload", answers)
+    rig.exit(1, status=9)  # dies while generation 2 starts with 1 worker
+    pool.report(2, 1, 1, 4, READY="1")
+    assert rig.state(2) is State.ROLLING
+    pool.answer_signals()
+    assert rig.state(2) is State.SERVING
+    assert pool.counts[2] == [4, 4, 4]
+    assert answers.one[0]

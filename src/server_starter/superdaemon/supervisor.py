@@ -635,8 +635,12 @@ class Supervisor:
 
     def _rolls_in(self, gen: Generation, serving: Generation | None) -> bool:
         """Whether ``gen``, ready, rolls in rather than replacing ``serving`` whole."""
-        if self.settings.max_surge is None or serving is None:
+        if self.settings.max_surge is None:
             return False
+        if serving is None:
+            # The one it was to replace died meanwhile: one started small
+            # still grows to its whole before it serves alone.
+            return gen.workers is not None and not is_whole(gen)
         if gen.workers is None or serving.workers is None:
             if not self._said_whole:
                 self._said_whole = True
