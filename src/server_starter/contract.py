@@ -18,7 +18,8 @@ processes under one main process (gunicorn's arbiter, the example app's
 parent), which takes part by three things:
 
 - it reports its workers, from its main process, in a notify datagram
-  whenever one of the counts changes (with its ``READY=1`` first):
+  whenever one of the counts changes, from its start (its ``READY=1`` may
+  come in the same datagram):
   ``X_SERVER_STARTER_WORKERS=READY/TARGET/FULL``: workers booted and not
   exited (one that drains counts until it exits), the number it keeps
   running now, and the number it runs when whole (gunicorn's ``-w``);

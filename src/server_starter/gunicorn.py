@@ -35,7 +35,9 @@ Works with Debian's gunicorn 20.1 and with current gunicorn from PyPI.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
+import select
 import struct
 import threading
 
@@ -93,9 +95,15 @@ def _hand_over_sockets() -> int:
 
 class _Workers:
     """Counts the workers that booted and have not exited, in the arbiter:
-    ``READY=1`` once as many as it runs have booted, and from then on
+    ``READY=1`` once as many as it runs have booted, and
     ``X_SERVER_STARTER_WORKERS`` whenever a count changes (the worker
     contract's rolling reload; gunicorn answers SIGTTIN and SIGTTOU itself).
+
+    A worker that has booted before its generation is ready waits to serve
+    until it is (``wait_for_generation``): a generation that cannot be
+    whole (out of memory: the OOM killer takes the largest of a starting
+    generation's processes, a booted worker) fails without a request in
+    its workers.
 
     Workers write ``+PID`` when booted, the arbiter ``-PID`` when one exited
     and ``=N`` when its number of workers changed, as 5-byte records to one
@@ -112,6 +120,10 @@ class _Workers:
         os.set_blocking(self.write_end, False)
         self.full = 1
         self.target = 1
+        # Shared with every worker forked: 1 once the generation is ready.
+        self.ready_flag = mmap.mmap(-1, 1)
+        # One byte per booted worker waiting, written when the generation is ready.
+        self.go_read, self.go_write = os.pipe()
 
     def record(self, kind: bytes, value: int) -> None:
         with contextlib.suppress(BlockingIOError):  # nobody reads: nothing to add
@@ -141,10 +153,24 @@ class _Workers:
                 message = ""
                 if not ready_sent and len(booted) >= self.target:
                     ready_sent = True
+                    self.ready_flag[0] = 1
+                    with contextlib.suppress(OSError):
+                        os.write(self.go_write, b"." * len(booted))  # the ones waiting
                     message = f"READY=1\nSTATUS=gunicorn with {len(booted)} workers booted\n"
-                if ready_sent and counts != reported:
+                if counts != reported:
                     reported = counts
                     self._tell(f"{message}{contract.WORKERS_FIELD}={counts}")
+
+    def wait_for_generation(self, worker: Any) -> None:
+        """In a booted worker: return once the generation is ready (at once
+        after), or the worker is told to stop; telling the arbiter it is
+        alive meanwhile, as its request loop would."""
+        while not self.ready_flag[0] and worker.alive:
+            readable, _, _ = select.select([self.go_read], [], [], 1.0)
+            if readable:
+                os.read(self.go_read, 1)
+                return
+            worker.notify()
 
     def _tell(self, message: str) -> None:
         if self.notify_socket:
@@ -178,6 +204,7 @@ def server_starter_when_ready(server: Any) -> None:
 
 def server_starter_post_worker_init(worker: Any) -> None:
     _workers.record(b"+", os.getpid())
+    _workers.wait_for_generation(worker)
 
 
 def server_starter_child_exit(server: Any, worker: Any) -> None:

@@ -49,6 +49,7 @@ class FakeHost(Host):
         self.spawn_error: str | None = None
         self.promoted: list[int] = []  # rank_as_serving(): less likely OOM victims
         self.metrics: list[str] = []  # each metrics file written
+        self.oom_killed: int | None = 0  # the service's OOM kills, as the kernel counts
         self.script: list[list[HostEvent]] = []  # what each wait() yields, in turn
         self.waits: list[float | None] = []  # the deadline each wait() was given
 
@@ -74,6 +75,9 @@ class FakeHost(Host):
 
     def signal(self, pid: int, number: signal.Signals) -> None:
         self.signals.append((pid, number))
+
+    def oom_kills(self) -> int | None:
+        return self.oom_killed
 
     def rank_as_serving(self, pid: int) -> None:
         self.promoted.append(pid)
@@ -1219,3 +1223,26 @@ def test_a_generation_started_small_grows_whole_when_the_serving_one_died_meanwh
     assert rig.state(2) is State.SERVING
     assert pool.counts[2] == [4, 4, 4]
     assert answers.one[0]
+
+
+def test_a_generation_whose_workers_the_oom_killer_takes_fails_at_once() -> None:
+    """gunicorn respawns a worker the OOM killer took: without this rule the
+    start would churn until --ready-timeout."""
+    rig, pool = rolling_rig()
+    rig.supervisor.settings.given["max_surge"] = None  # the whole overlap
+    answers = Answers()
+    rig.supervisor.on_request("reload", answers)
+    pool.report(2, 2, 4, 4)
+    assert rig.state(2) is State.STARTING
+    rig.host.oom_killed = 1
+    pool.report(2, 1, 4, 4)  # a booted worker of generation 2 killed
+    assert rig.state(2) is State.FAILED
+    assert rig.host.signals[-1] == (rig.pid(2), TERM)  # gracefully: it may serve already
+    rig.exit(2)
+    ok, message = answers.one
+    assert not ok
+    assert message == (
+        "generation 2 failed to start: 1 process of the service killed by the OOM killer: "
+        "the service is out of memory (MemoryMax=?); the old generation keeps serving"
+    )
+    assert rig.state(1) is State.SERVING

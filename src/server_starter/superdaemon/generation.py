@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
         workers: str | None  # absent before rolling reloads
         resize: ResizeState | None  # absent before rolling reloads
         whole: int | None  # absent before rolling reloads
+        oom_kills_at_spawn: int | None  # absent before rolling reloads
 
 
 class State(enum.Enum):
@@ -90,6 +91,7 @@ class Generation:
         "failure",
         "is_reload",
         "number",
+        "oom_kills_at_spawn",
         "pid",
         "ready_at",
         "resize",
@@ -123,6 +125,8 @@ class Generation:
         self.streak_at_ready = streak_at_ready  # failures in a row its start ended
         self.since = spawned_at if since is None else since  # in its state since
         self.failure: str | None = None  # why it failed (FAILED)
+        # The service's OOM kills when it was spawned (Host.oom_kills).
+        self.oom_kills_at_spawn: int | None = None
         self.workers: WorkerCount | None = None  # None: it reports no workers
         self.resize: Resize | None = None  # a SIGTTIN or SIGTTOU in flight
         # Its target when a roll began to shrink it: grown back to it if the roll fails.
@@ -143,6 +147,7 @@ class Generation:
             "workers": None if self.workers is None else str(self.workers),
             "resize": None if self.resize is None else self.resize.to_dict(),
             "whole": self.whole,
+            "oom_kills_at_spawn": self.oom_kills_at_spawn,
         }
 
     @classmethod
@@ -163,6 +168,7 @@ class Generation:
         )
         gen.failure = data.get("failure")
         gen.whole = data.get("whole")
+        gen.oom_kills_at_spawn = data.get("oom_kills_at_spawn")
         workers, resize = data.get("workers"), data.get("resize")
         gen.workers = None if workers is None else WorkerCount.parse(workers)
         gen.resize = None if resize is None else Resize.from_dict(resize)

@@ -46,12 +46,13 @@ if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations ne
 
 
 class _Worker:
-    __slots__ = ("notifier", "pid", "pidfd")
+    __slots__ = ("notifier", "pid", "pidfd", "sent_kill")
 
     def __init__(self, pid: int, pidfd: int, notifier: notify.NotifyReceiver) -> None:
         self.pid = pid
         self.pidfd = pidfd
         self.notifier = notifier
+        self.sent_kill = False  # a SIGKILL of ours is not the OOM killer's
 
 
 def _has_terminal() -> bool:
@@ -178,6 +179,9 @@ class SystemHost(Host):
             )
             self._watch(_Worker(entry["pid"], os.pidfd_open(entry["pid"]), notifier))
 
+    def oom_kills(self) -> int | None:
+        return oom.kills()
+
     def rank_as_serving(self, pid: int) -> None:
         if self.rank_for_oom:
             oom.set_score(pid, self.serving_score)
@@ -187,15 +191,16 @@ class SystemHost(Host):
         if status is None:
             return []
         self._forget(worker)
-        return [Exited(worker.pid, status, oom_killed=self._oom_killed(status))]
+        return [Exited(worker.pid, status, self._oom_killed(status, worker.sent_kill))]
 
-    def _oom_killed(self, status: int) -> bool:
-        """Whether this SIGKILL was the OOM killer's: its count went up."""
+    def _oom_killed(self, status: int, sent_kill: bool) -> bool:
+        """Whether this SIGKILL was the OOM killer's: its count went up, and
+        it was not ours (the count may have gone up for another process)."""
         if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
             return False
         kills = oom.kills()
         seen, self.oom_kills_seen = self.oom_kills_seen, kills
-        return kills is not None and seen is not None and kills > seen
+        return kills is not None and seen is not None and kills > seen and not sent_kill
 
     def _on_notify_socket(self, worker: _Worker) -> list[HostEvent]:
         return [Notified(worker.pid, message) for message in worker.notifier.receive()]
@@ -210,6 +215,7 @@ class SystemHost(Host):
     def signal(self, pid: int, number: signal.Signals) -> None:
         worker = self.workers.get(pid)
         if worker is not None:
+            worker.sent_kill = worker.sent_kill or number == signal.SIGKILL
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(worker.pidfd, number)
 

@@ -153,6 +153,11 @@ class Host(abc.ABC):
         """Send a signal to a worker not yet reported exited."""
 
     @abc.abstractmethod
+    def oom_kills(self) -> int | None:
+        """How many of the service's processes the OOM killer has killed so
+        far (None where the kernel does not say)."""
+
+    @abc.abstractmethod
     def rank_as_serving(self, pid: int) -> None:
         """The worker's generation serves now: make it a less likely victim
         of the OOM killer than a starting one (see oom.py)."""
@@ -307,6 +312,8 @@ class Supervisor:
         workers = fields.get(WORKERS_FIELD)
         if workers is not None:
             self._workers_reported(gen, workers)
+            if gen.state in (State.STARTING, State.ROLLING):
+                self._check_memory(gen)
         if fields.get("READY") == "1" and gen.state is State.STARTING:
             self._became_ready(gen, "READY=1")
         self._steer()
@@ -602,6 +609,7 @@ class Supervisor:
             return
         reload.number = number
         gen = Generation(number, pid, self.host.now(), is_reload)
+        gen.oom_kills_at_spawn = self.host.oom_kills()
         reload.generation = gen
         self.generations.append(gen)
         self._enter(gen, State.STARTING)
@@ -744,6 +752,26 @@ class Supervisor:
             f"{workers.full} workers ready){going_on}",
             priority=WARNING,
         )
+
+    def _check_memory(self, gen: Generation) -> None:
+        """A worker of a generation not serving yet has exited: if the OOM
+        killer killed anything of the service since its spawn, the service
+        cannot hold it: it fails now, stopped gracefully, instead of having
+        its workers killed and respawned until --ready-timeout."""
+        kills, before = self.host.oom_kills(), gen.oom_kills_at_spawn
+        if kills is None or before is None or kills <= before:
+            return
+        killed = kills - before
+        processes = "process" if killed == 1 else "processes"
+        gen.failure = f"{killed} {processes} of the service killed{OOM_KILLED}"
+        self.log.event(
+            Event.FAILED,
+            f"worker {gen.pid} (generation {gen.number}): {gen.failure}",
+            priority=ERR,
+            generation=gen.number,
+            pid=gen.pid,
+        )
+        self._enter(gen, State.FAILED, "is out of memory", self.settings.signal_on_hup)
 
     # -- probation: the kill-old-delay --------------------------------------------
 
