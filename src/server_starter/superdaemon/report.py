@@ -12,10 +12,16 @@ durations are seconds.
 
 from __future__ import annotations
 
+from .. import __version__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the resident superdaemon ~2 MB; annotations need no import
     from collections.abc import Sequence
     from typing import Any
+
+    from .generation import Generation
+    from .reloads import Ledger
+    from .restart_policy import RestartPolicy
 
     Status = dict[str, Any]
 
@@ -33,6 +39,83 @@ STATES = (
     "evicted",
     "killed",
 )
+
+
+# -- the status -------------------------------------------------------------------
+
+
+def status_of(
+    generations: Sequence[Generation],
+    serving: Generation | None,
+    probation_until: float | None,
+    ledger: Ledger,
+    policy: RestartPolicy,
+    stopping: bool,
+    pid: int,
+    now: float,
+    offset: float,
+) -> Status:
+    """The supervisor's status as plain data, times in Unix seconds (the
+    schema is docs/status.schema.json); ``now`` is monotonic, ``offset`` what
+    turns it into Unix seconds."""
+
+    def wall(monotonic: float | None) -> float | None:
+        return None if monotonic is None else round(monotonic + offset, 3)
+
+    entries = [
+        {
+            "generation": g.number,
+            "pid": g.pid,
+            "state": g.state.value,
+            "since": wall(g.since),
+            "started_at": wall(g.spawned_at),
+            "ready_at": wall(g.ready_at),
+            "probation_until": wall(probation_until) if g is serving else None,
+            "workers": None
+            if g.workers is None
+            else {"ready": g.workers.ready, "target": g.workers.target, "full": g.workers.full},
+        }
+        for g in generations
+    ]
+    record = ledger.record
+    finished = record.last_reload
+    if finished is not None:
+        duration = finished["duration_seconds"]
+        finished = {
+            **finished,
+            "started_at": wall(finished["started_at"]) or 0.0,
+            "duration_seconds": None if duration is None else round(duration, 3),
+        }
+    last = finished
+    running = ledger.running()
+    if running:
+        reload = running[-1]
+        assert reload.started_at is not None and reload.number is not None
+        last = {
+            "generation": reload.number,
+            "outcome": IN_PROGRESS,
+            "reason": None,
+            "started_at": wall(reload.started_at) or 0.0,
+            "duration_seconds": None,
+        }
+    return {
+        "superdaemon": {
+            "pid": pid,
+            "version": __version__,
+            "started_at": wall(record.started_at),
+            "uptime_seconds": round(now - record.started_at, 3),
+        },
+        "stopping": stopping,
+        "serving_generation": serving.number if serving is not None else None,
+        "generations": entries,
+        "last_reload": last,
+        "last_finished_reload": finished,
+        "last_success_at": wall(record.last_success_at),
+        "reloads": {**record.reloads, IN_PROGRESS: len(running)},
+        "failure_streak": policy.failures,
+        "next_retry_at": wall(policy.retry_at),
+        "worker_exits": dict(record.exits),
+    }
 
 
 # -- the Prometheus text format -------------------------------------------------

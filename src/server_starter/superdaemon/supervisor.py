@@ -55,13 +55,12 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 
-from .. import __version__
 from ..contract import START_WORKERS_VARIABLE, WORKERS_FIELD, WorkerCount
 from .environment import worker_environment
 from .events import Checked, Exited, HostEvent, Notified, Requested, Signalled
 from .generation import REPLACED, UNPROVEN, Generation, Resize, State
 from .journal import ERR, NOTICE, WARNING, Event, EventLog, describe_status
-from .reloads import IN_PROGRESS, UPGRADE, Answer, Ledger, Record, Reload
+from .reloads import UPGRADE, Answer, Ledger, Record, Reload
 from .restart_policy import RestartPolicy
 from .rolling import GROW, is_whole, next_steps, restore_step
 from .settings import SettingError, Settings, Tunables, signal_name
@@ -1025,76 +1024,23 @@ class Supervisor:
             self.log.line(f"failed to write status file {path}: {err.strerror}", priority=ERR)
 
     def status(self) -> Status:
-        """The status as plain data, times in Unix seconds (the schema is
-        report.py's and docs/status.schema.json)."""
-        now = self.host.now()
-        offset = self.host.wall_clock() - now
-
-        def wall(monotonic: float | None) -> float | None:
-            return None if monotonic is None else round(monotonic + offset, 3)
+        """The status as plain data (report.status_of)."""
+        from .report import status_of  # only when asked: it costs the resident superdaemon
 
         serving = self._serving()
-        probation = None
-        if serving is not None:
-            kept = self._probation_of(serving)
-            probation = None if kept is None else kept.deadline
-        generations = [
-            {
-                "generation": g.number,
-                "pid": g.pid,
-                "state": g.state.value,
-                "since": wall(g.since),
-                "started_at": wall(g.spawned_at),
-                "ready_at": wall(g.ready_at),
-                "probation_until": wall(probation) if g is serving else None,
-                "workers": None
-                if g.workers is None
-                else {
-                    "ready": g.workers.ready,
-                    "target": g.workers.target,
-                    "full": g.workers.full,
-                },
-            }
-            for g in self.generations
-        ]
-        finished = self.ledger.record.last_reload
-        if finished is not None:
-            duration = finished["duration_seconds"]
-            finished = {
-                **finished,
-                "started_at": wall(finished["started_at"]) or 0.0,
-                "duration_seconds": None if duration is None else round(duration, 3),
-            }
-        last = finished
-        running = self.ledger.running()
-        if running:
-            reload = running[-1]
-            assert reload.started_at is not None and reload.number is not None
-            last = {
-                "generation": reload.number,
-                "outcome": IN_PROGRESS,
-                "reason": None,
-                "started_at": wall(reload.started_at) or 0.0,
-                "duration_seconds": None,
-            }
-        return {
-            "superdaemon": {
-                "pid": self.host.pid(),
-                "version": __version__,
-                "started_at": wall(self.ledger.record.started_at),
-                "uptime_seconds": round(now - self.ledger.record.started_at, 3),
-            },
-            "stopping": self.stopping,
-            "serving_generation": serving.number if serving is not None else None,
-            "generations": generations,
-            "last_reload": last,
-            "last_finished_reload": finished,
-            "last_success_at": wall(self.ledger.record.last_success_at),
-            "reloads": {**self.ledger.record.reloads, IN_PROGRESS: len(running)},
-            "failure_streak": self.policy.failures,
-            "next_retry_at": wall(self.policy.retry_at),
-            "worker_exits": dict(self.ledger.record.exits),
-        }
+        kept = self._probation_of(serving) if serving is not None else None
+        now = self.host.now()
+        return status_of(
+            self.generations,
+            serving,
+            kept.deadline if kept is not None else None,
+            self.ledger,
+            self.policy,
+            self.stopping,
+            self.host.pid(),
+            now,
+            self.host.wall_clock() - now,
+        )
 
     def publish(self) -> None:
         """Write the metrics file, if one is asked for (after each event)."""
