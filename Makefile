@@ -27,7 +27,8 @@ test: lint
 deb: deps
 	scripts/build-deb.sh
 
-# MODE=full (default, about 10 minutes), quick (under 5) or smoke (the harness only).
+# MODE=full (default, about 10 minutes), quick (under 5) or smoke (the harness only);
+# MODE=memory: a reload's memory, rolling and not (about 6 minutes; memory-smoke: the harness).
 MODE ?= full
 bench: deps
 	@scripts/install-deps.sh bench

@@ -33,6 +33,10 @@ Scenarios (see docs/measurements.md, "Benchmark"):
 
 Writes ``<out>/<date>.json`` and ``<out>/<date>.png`` (latency over time,
 reloads marked) and, unless --smoke, the table of docs/measurements.md.
+
+``--mode=memory`` (and ``memory-smoke``) runs bench/memory.py alone: the
+memory of a reload, rolling (``--max-surge``) and not, beside gunicorn's
+HUP and uWSGI's chain reload.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import memory  # bench/memory.py: --mode=memory
 
 # The tests' harness: real processes, proxies and wrk (the development venv
 # has tests/ on its path).
@@ -845,9 +851,13 @@ def update_readme(table: str, plot_path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=sorted(PROFILES), default="full")
+    parser.add_argument(
+        "--mode", choices=sorted(PROFILES) + sorted(memory.PROFILES), default="full"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
+    if args.mode in memory.PROFILES:
+        return memory.main(args.mode, args.out, machine_facts())
     profile = PROFILES[args.mode]
     if shutil.which("ab") is None:
         print("bench: ab not found (apt-get install apache2-utils)", file=sys.stderr)

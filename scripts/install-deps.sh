@@ -34,8 +34,9 @@ SYSTEM_PACKAGES="$SYSTEM_PACKAGES systemd-container debootstrap openssh-client"
 # Go: the Go recipe (docs/go.md) is built and reloaded under load by the
 # tests, and the seed's Go program runs in make bench beside our apps.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES golang-go"
-# make bench: its plot.
-SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-matplotlib"
+# make bench: its plot; and uWSGI, whose chain reload MODE=memory measures
+# beside rolling reloads (--max-surge).
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES python3-matplotlib uwsgi-core uwsgi-plugin-python3"
 fi
 
 missing=""

@@ -83,3 +83,60 @@ def test_smoke_run_writes_complete_results(tmp_path: Path) -> None:
                 assert errors == {"non_2xx": 0, "proxy_errors": 0}, (name, load)
     assert "| contender |" in result.stdout, "the markdown table is printed"
     assert "| app under ours |" in result.stdout
+
+
+def test_memory_smoke_run_writes_complete_results(tmp_path: Path) -> None:
+    """``make bench MODE=memory`` in small (2 workers of 20 MB, 0.3 s
+    imports, 5 s of ab): every way to reload is measured, none fails a
+    request, and the rolling reload peaks lower than the whole overlap.
+    Its timing and p99 gates are the benchmark's to judge, not CI's."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "benchmark.py"),
+            "--mode=memory-smoke",
+            f"--out={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (json_path,) = tmp_path.glob("*-memory-smoke.json")
+    results = json.loads(json_path.read_text())
+    assert results["mode"] == "memory-smoke"
+    assert {"gunicorn", "uwsgi", "nproc", "kernel"} <= set(results["machine"])
+    workers = results["profile"]["workers"]
+    contenders = results["contenders"]
+    assert len(contenders) == 6
+    for name, figures in contenders.items():
+        steady, reload = figures["steady"], figures["reload"]
+        assert steady["requests"] > 0 and reload["requests"] > 0, name
+        assert steady["pss_mib"] > 0 and reload["peak_pss_mib"] > 0, name
+        assert reload["reload_s"] is not None, (name, figures["series"])
+        assert reload["old_gone_s"] <= reload["reload_s"], name
+        assert reload["requests_during"] > 0 and reload["p99_during_ms"] > 0, name
+        assert reload["failed"] == 0, name
+        assert figures["exited_during_the_run"] is None, name
+        assert figures["series"], name
+        assert "/tmp" not in figures["command"] and str(ROOT) not in figures["command"]
+        if name.startswith("start_server"):
+            assert reload["non_2xx"] == 0, name
+    overlap = contenders["start_server + gunicorn (whole overlap, today's default)"]
+    rolling = contenders["start_server --max-surge=1 + gunicorn"]
+    assert rolling["reload"]["peak_ratio"] < overlap["reload"]["peak_ratio"]
+    assert rolling["reload"]["most_workers"] <= workers + 1
+    # It rolled: one worker given up and one grown for each but the first.
+    assert rolling["superdaemon_signals"] == {"TTIN": workers - 1, "TTOU": workers - 1}
+    gated = [name for name, figures in contenders.items() if "gates" in figures]
+    assert gated == [
+        "start_server --max-surge=1 + gunicorn",
+        "start_server --max-surge=1 + gunicorn --preload",
+    ]
+    for name in gated:
+        gates = contenders[name]["gates"]
+        assert set(gates) == {"peak_pss_ratio", "failed", "non_2xx", "p99_ratio", "reload_s"}
+        assert all(isinstance(gate["pass"], bool) for gate in gates.values()), name
+        assert gates["failed"]["pass"] and gates["non_2xx"]["pass"], name
+    assert "| way |" in result.stdout, "the markdown table is printed"
