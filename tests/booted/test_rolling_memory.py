@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +37,7 @@ import pytest
 
 from harness.app_service import Ab, generation, journal, old_generations_gone, say
 from harness.machine import Machine
+from harness.processes import sampled_peak
 
 WORKERS = 4
 # Each worker's own (MiB): a roll's surge (one worker, one arbiter) is then
@@ -227,32 +227,6 @@ def gunicorn_app(machine: Machine, options: str) -> Iterator[ServiceMemory]:
     assert machine.show("app", "MemoryMax") == "infinity"
 
 
-class Peak:
-    """The most the cgroup was charged, sampled every 20 ms."""
-
-    def __init__(self, memory: ServiceMemory) -> None:
-        self.memory = memory
-        self.bytes = 0
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self.done.wait(0.02):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                self.bytes = max(self.bytes, self.memory.charged())
-
-
-@contextlib.contextmanager
-def peak(memory: ServiceMemory) -> Iterator[Peak]:
-    sampling = Peak(memory)
-    sampling.thread.start()
-    try:
-        yield sampling
-    finally:
-        sampling.done.set()
-        sampling.thread.join(5)
-
-
 def cursor(machine: Machine) -> str:
     return machine.run("journalctl", "--show-cursor", "-n", "0", "-q").stdout.split()[-1]
 
@@ -300,7 +274,7 @@ def test_rolling_reloads_stay_within_memory_max(
             steady = steady_under(memory, ab)
             limit = limit_at(memory, steady)
             kills, since = memory.oom_kills(), cursor(machine)
-            with peak(memory) as sampled:
+            with sampled_peak(memory.charged) as sampled:
                 for _ in range(RELOADS):
                     started = time.monotonic()
                     codes.append(machine.run("systemctl", "reload", "app", check=False).returncode)
@@ -314,7 +288,7 @@ def test_rolling_reloads_stay_within_memory_max(
         machine,
         f"gunicorn -w {WORKERS} of {MEGABYTES} MiB each: steady {steady / MIB:.0f} MiB, "
         f"MemoryMax={limit / MIB:.0f} MiB ({LIMIT_FACTOR}x); {RELOADS} reloads with "
-        f"--max-surge=1 under ab -c 200: exit codes {codes}, peak {sampled.bytes / MIB:.0f} "
+        f"--max-surge=1 under ab -c 200: exit codes {codes}, peak {sampled.peak / MIB:.0f} "
         f"MiB (sampled), {killed} OOM kills; {ab.complete} requests, {ab.failed} failed, "
         f"{ab.non_2xx} non-2xx; reload took {min(durations):.1f}-{max(durations):.1f}s",
     )

@@ -33,6 +33,24 @@ def uvicorn_app(python: str = sys.executable, apps: Path | str = APPS) -> list[s
     ]
 
 
+def gunicorn_argv(python: str, *args: str, app: str = "wsgi_app:app") -> list[str]:
+    """gunicorn as a generation (server_starter.gunicorn) running a test app
+    (the WSGI one by default), with ``args`` before the app."""
+    return [
+        python,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:server_starter.gunicorn",
+        "--chdir",
+        str(APPS),
+        "--graceful-timeout",
+        "10",
+        *args,
+        app,
+    ]
+
+
 def gunicorn_uvicorn(python: str = sys.executable, apps: Path | str = APPS) -> list[str]:
     """gunicorn with our UvicornWorker, running the same ASGI test app."""
     return [

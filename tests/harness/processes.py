@@ -17,7 +17,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -290,6 +290,42 @@ def children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(child) for child in text.split()]
+
+
+def grandchildren(pid: int) -> int:
+    """How many children the children of ``pid`` have: the workers under a
+    superdaemon's generations."""
+    return sum(len(children(child)) for child in children(pid))
+
+
+class Peak:
+    """The most ``measure()`` returned, sampled every ``every`` seconds on a
+    thread of its own (``sampled_peak``); a sample that raises is skipped."""
+
+    def __init__(self, measure: Callable[[], int], every: float) -> None:
+        self.measure, self.every = measure, every
+        self.peak = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.done.wait(self.every):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                self.peak = max(self.peak, self.measure())
+
+
+@contextlib.contextmanager
+def sampled_peak(measure: Callable[[], int], every: float = 0.02) -> Iterator[Peak]:
+    """Sample ``measure`` while the block runs: a whole generation's overlap
+    (twice the workers for the length of a boot) cannot hide between
+    samples 20 ms apart."""
+    sampling = Peak(measure, every)
+    sampling.thread.start()
+    try:
+        yield sampling
+    finally:
+        sampling.done.set()
+        sampling.thread.join(5)
 
 
 def pid_alive(pid: int) -> bool:

@@ -10,9 +10,7 @@ import os
 import re
 import signal
 import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,42 +23,17 @@ from harness.processes import (
     START_SERVER,
     children,
     free_port,
+    grandchildren,
     pid_alive,
     restart,
     running,
+    sampled_peak,
     serving,
     worker_env,
 )
 
 PROCESSES = 4
 STARTED = r"process (\d+) started"
-
-
-class Census:
-    """The most serving processes alive at once under the superdaemon's
-    generations, sampled from /proc every 20 ms."""
-
-    def __init__(self, superdaemon: int) -> None:
-        self.superdaemon = superdaemon
-        self.peak = 0
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self.done.wait(0.02):
-            alive = sum(len(children(parent)) for parent in children(self.superdaemon))
-            self.peak = max(self.peak, alive)
-
-
-@contextmanager
-def census(superdaemon: int) -> Iterator[Census]:
-    counting = Census(superdaemon)
-    counting.thread.start()
-    try:
-        yield counting
-    finally:
-        counting.done.set()
-        counting.thread.join(5)
 
 
 def peak_from_log(log: str) -> int:
@@ -99,7 +72,10 @@ def test_a_reload_rolls_process_by_process_under_load(
     reloads = 3
     with running(argv, env=worker_env(EXAMPLE_APP_PROCESSES=str(PROCESSES))) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
-        with census(daemon.pid) as counted, Load(port, threads=50, path="/slow") as load:
+        with (
+            sampled_peak(partial(grandchildren, daemon.pid)) as counted,
+            Load(port, threads=50, path="/slow") as load,
+        ):
             for number in range(2, reloads + 2):
                 result = restart(pid_file)
                 assert result.returncode == 0, result.stderr + daemon.output()[-3000:]

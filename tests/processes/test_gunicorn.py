@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.apps import gunicorn_argv
 from harness.http_clients import generation_of, http_get
 from harness.load import Load
 from harness.processes import ROOT, START_SERVER, Daemon, free_port, restart, running, worker_env
 
-APPS = ROOT / "tests" / "apps"
 PYTHONS = {
     "debian": "/usr/bin/python3",  # with python3-gunicorn 20.1
     "pypi": str(ROOT / ".venv-gunicorn" / "bin" / "python"),  # newest gunicorn
@@ -43,22 +43,6 @@ def python(request: pytest.FixtureRequest) -> str:
     if request.param == "debian":
         assert version.startswith("20.1"), version
     return path
-
-
-def gunicorn_argv(python: str, *args: str) -> list[str]:
-    return [
-        python,
-        "-m",
-        "gunicorn",
-        "-c",
-        "python:server_starter.gunicorn",
-        "--chdir",
-        str(APPS),
-        "--graceful-timeout",
-        "10",
-        *args,
-        "wsgi_app:app",
-    ]
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -9,29 +9,30 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from harness.apps import APPS, gunicorn_argv
 from harness.http_clients import generation_of
 from harness.load import KeepAliveLoad, Load
 from harness.processes import (
     ROOT,
     START_SERVER,
     Daemon,
-    children,
     free_port,
+    grandchildren,
     restart,
     run_start_server,
     running,
+    sampled_peak,
     worker_env,
 )
 
-APPS = ROOT / "tests" / "apps"
 PYTHONS = {
     "debian": "/usr/bin/python3",  # python3-gunicorn 20.1
     "pypi": str(ROOT / ".venv" / "bin" / "python"),  # the newest gunicorn, with uvicorn-worker
@@ -52,53 +53,11 @@ def start_server_argv(port: int, pid_file: Path, *options: str) -> list[str]:
 
 
 def gunicorn(python: str, *args: str, app: str = "wsgi_app:app") -> list[str]:
-    return [
-        python,
-        "-m",
-        "gunicorn",
-        "-c",
-        "python:server_starter.gunicorn",
-        "--chdir",
-        str(APPS),
-        "--graceful-timeout",
-        "10",
-        "-w",
-        str(WORKERS),
-        *args,
-        app,
-    ]
+    return gunicorn_argv(python, "-w", str(WORKERS), *args, app=app)
 
 
 def env(**extra: str) -> dict[str, str]:
     return worker_env(PYTHONPATH=str(ROOT / "src"), **extra)
-
-
-class WorkerCensus:
-    """The most worker processes alive at once under the superdaemon's
-    generations, sampled every 20 ms: a whole generation's overlap (twice
-    the workers for the length of a boot) cannot hide between samples."""
-
-    def __init__(self, superdaemon: int) -> None:
-        self.superdaemon = superdaemon
-        self.peak = 0
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self.done.wait(0.02):
-            workers = sum(len(children(main)) for main in children(self.superdaemon))
-            self.peak = max(self.peak, workers)
-
-
-@contextmanager
-def census(superdaemon: int) -> Iterator[WorkerCensus]:
-    counting = WorkerCensus(superdaemon)
-    counting.thread.start()
-    try:
-        yield counting
-    finally:
-        counting.done.set()
-        counting.thread.join(5)
 
 
 @pytest.mark.load
@@ -125,7 +84,10 @@ def test_gunicorn_rolls_worker_by_worker_under_load(
     reloads = 3
     with running(argv, env=env(WSGI_APP_IMPORT_SECONDS="0.3")) as daemon:
         daemon.wait_for(r"\(generation 1\) is ready \(READY=1\)")
-        with census(daemon.pid) as counted, Load(port, threads=50) as load:
+        with (
+            sampled_peak(partial(grandchildren, daemon.pid)) as counted,
+            Load(port, threads=50) as load,
+        ):
             for number in range(2, reloads + 2):
                 started = time.monotonic()
                 result = restart(pid_file)

@@ -729,15 +729,7 @@ class Supervisor:
                 f"had {workers.ready} of {workers.full} workers ready, and no more within "
                 f"{self.settings.ready_timeout:g}s (--ready-timeout)"
             )
-            gen.failure = reason
-            self.log.event(
-                Event.FAILED,
-                f"worker {gen.pid} (generation {gen.number}) {reason}: the roll stops",
-                priority=ERR,
-                generation=gen.number,
-                pid=gen.pid,
-            )
-            self._enter(gen, State.FAILED, "stopped", self.settings.signal_on_hup)
+            self._stop_unproven(gen, reason, f" {reason}: the roll stops", "stopped")
             return
         waited = self.settings.ready_timeout if resize.grows else self.settings.stop_timeout
         rolling = next((g for g in self.generations if g.state is State.ROLLING), None)
@@ -762,15 +754,22 @@ class Supervisor:
             return
         killed = kills - before
         processes = "process" if killed == 1 else "processes"
-        gen.failure = f"{killed} {processes} of the service killed{OOM_KILLED}"
+        reason = f"{killed} {processes} of the service killed{OOM_KILLED}"
+        self._stop_unproven(gen, reason, f": {reason}", "is out of memory")
+
+    def _stop_unproven(self, gen: Generation, reason: str, said: str, how: str) -> None:
+        """Fail a generation that has not served, while it runs: logged now
+        (``said`` follows its name), answered with ``reason`` at its exit,
+        stopped gracefully meanwhile (it may be serving some requests)."""
+        gen.failure = reason
         self.log.event(
             Event.FAILED,
-            f"worker {gen.pid} (generation {gen.number}): {gen.failure}",
+            f"worker {gen.pid} (generation {gen.number}){said}",
             priority=ERR,
             generation=gen.number,
             pid=gen.pid,
         )
-        self._enter(gen, State.FAILED, "is out of memory", self.settings.signal_on_hup)
+        self._enter(gen, State.FAILED, how, self.settings.signal_on_hup)
 
     # -- probation: the kill-old-delay --------------------------------------------
 
