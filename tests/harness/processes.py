@@ -1,8 +1,9 @@
 """Processes: a start_server run by a test (``Daemon``, ``running``,
 ``serving``), its commands (``run_start_server``, ``restart``), what its log
 says (``reloads_done``, ``retiring_lifetimes``), and the /proc facts of any
-process (``children``, ``pid_alive``, ``process_figures``); ``Terminal``
-runs a command as a person does."""
+process (``children``, ``grandchildren``, ``pid_alive``,
+``process_figures``), the peak of any figure while a block runs
+(``sampled_peak``); ``Terminal`` runs a command as a person does."""
 
 from __future__ import annotations
 
